@@ -1,0 +1,182 @@
+"""The one exception tree of Lattice Edge.
+
+Every error the agent raises on purpose derives from :class:`LatticeEdgeError`. Foreign
+exceptions (``OSError``, ``tomllib.TOMLDecodeError``, ``nkeys`` errors, ``wasm3``'s
+``RuntimeError``) are converted where they enter the project, with ``raise ... from exc``,
+so callers catch our types and the CLI can print one clear line for any of them::
+
+    LatticeEdgeError
+    ├── ConfigError                 a config file or override is wrong (names key and file)
+    ├── ProfileError                unknown profile, unreadable profile file
+    ├── IdentityError
+    │   ├── KeyFileError            seed file missing, unreadable, wrong kind of key
+    │   ├── JWTError                malformed JWT, bad signature, wrong claims type
+    │   └── CredsError              .creds file missing or malformed
+    ├── LeafError
+    │   ├── NatsServerNotFound      no nats-server binary anywhere we look
+    │   ├── LeafConfigError         the leaf config cannot be rendered
+    │   └── LeafStartError          nats-server exited or never became ready
+    ├── AgentStateError             status/control cannot reach a running agent
+    ├── ModuleError                 a wasm module is unusable
+    │   ├── ModuleFormatError       bad magic/version, truncated or oversized sections
+    │   ├── ModuleImportError       imports outside the allowed set
+    │   ├── UnsupportedFeatureError features wasm3 0.5 cannot parse
+    │   └── ClaimsError             wascap claims reject the module
+    │       ├── UnsignedModuleError
+    │       ├── SignatureError
+    │       ├── UntrustedIssuerError
+    │       ├── ClaimsExpiredError  (also: not yet valid)
+    │       └── HashMismatchError
+    └── ActorError                  an actor failed while loaded or invoked
+        ├── GuestError              the guest returned an error (``__guest_error``)
+        ├── TrapError               the guest trapped (unreachable, OOB, stack overflow)
+        ├── InvocationTimeout       the invocation passed its deadline; the worker was killed
+        ├── WorkerCrashed           the sandbox worker died (segfault, rlimit)
+        └── ActorQuarantined        the actor killed its worker too often
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LatticeEdgeError(Exception):
+    """Base class of every error Lattice Edge raises on purpose."""
+
+
+# --- configuration and profiles -------------------------------------------------------
+
+
+class ConfigError(LatticeEdgeError):
+    """A configuration file, environment override or CLI value is invalid.
+
+    ``key`` is the dotted key (``leaf.listen``) and ``source`` the file or variable it
+    came from, so the message can say exactly what to fix.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | Path | None = None):
+        self.key = key
+        self.source = str(source) if source is not None else None
+        where = []
+        if key:
+            where.append(f"key '{key}'")
+        if self.source:
+            where.append(f"in {self.source}")
+        prefix = " ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ProfileError(LatticeEdgeError):
+    """A hardware profile is unknown or its file is invalid."""
+
+
+# --- identity ----------------------------------------------------------------------
+
+
+class IdentityError(LatticeEdgeError):
+    """Keys, JWTs or credentials are missing or invalid."""
+
+
+class KeyFileError(IdentityError):
+    """A seed file is missing, unreadable, or holds the wrong kind of key."""
+
+
+class JWTError(IdentityError):
+    """A JWT is malformed, badly signed, or carries the wrong claims."""
+
+
+class CredsError(IdentityError):
+    """A ``.creds`` file is missing or malformed."""
+
+
+# --- leaf node ---------------------------------------------------------------------
+
+
+class LeafError(LatticeEdgeError):
+    """The local nats-server leaf node cannot be set up or run."""
+
+
+class NatsServerNotFound(LeafError):
+    """No nats-server binary was found in the configured path, PATH or the package."""
+
+
+class LeafConfigError(LeafError):
+    """The nats-server configuration cannot be rendered from the agent config."""
+
+
+class LeafStartError(LeafError):
+    """nats-server exited during start-up or did not become ready in time."""
+
+
+class AgentStateError(LatticeEdgeError):
+    """A running agent cannot be reached or reports something unexpected."""
+
+
+# --- wasm modules and claims ----------------------------------------------------------
+
+
+class ModuleError(LatticeEdgeError):
+    """A WebAssembly module cannot be used as an actor."""
+
+
+class ModuleFormatError(ModuleError):
+    """The bytes are not a well-formed WebAssembly binary."""
+
+
+class ModuleImportError(ModuleError):
+    """The module imports functions outside the allowed set."""
+
+
+class UnsupportedFeatureError(ModuleError):
+    """The module uses features that wasm3 0.5 cannot parse."""
+
+
+class ClaimsError(ModuleError):
+    """The module's wascap claims do not allow it to run here."""
+
+
+class UnsignedModuleError(ClaimsError):
+    """The module carries no wascap JWT and unsigned modules are not allowed."""
+
+
+class SignatureError(ClaimsError):
+    """The wascap JWT's signature does not verify against its issuer."""
+
+
+class UntrustedIssuerError(ClaimsError):
+    """The wascap JWT was issued by an account that is not trusted."""
+
+
+class ClaimsExpiredError(ClaimsError):
+    """The wascap JWT has expired or is not valid yet."""
+
+
+class HashMismatchError(ClaimsError):
+    """The module hash in the claims does not match the module's code."""
+
+
+# --- actors ------------------------------------------------------------------------
+
+
+class ActorError(LatticeEdgeError):
+    """An actor failed while being loaded or invoked."""
+
+
+class GuestError(ActorError):
+    """The guest reported an error through ``__guest_error``."""
+
+
+class TrapError(ActorError):
+    """The guest trapped; the message carries wasm3's trap reason."""
+
+
+class InvocationTimeout(ActorError):
+    """The invocation ran past its deadline and its worker was killed."""
+
+
+class WorkerCrashed(ActorError):
+    """The sandbox worker process died while serving a request."""
+
+
+class ActorQuarantined(ActorError):
+    """The actor crashed or hung its worker too often and is no longer run."""
