@@ -21,6 +21,8 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   ├── ModuleFormatError       bad magic/version, truncated or oversized sections
     │   ├── ModuleImportError       imports outside the allowed set
     │   ├── UnsupportedFeatureError features wasm3 0.5 cannot parse
+    │   ├── ModuleExportError       no ``__guest_call(i32, i32) -> i32``: not a waPC actor
+    │   ├── MemoryLimitError        needs more linear memory than the page budget
     │   └── ClaimsError             wascap claims reject the module
     │       ├── UnsignedModuleError
     │       ├── SignatureError
@@ -32,7 +34,9 @@ so callers catch our types and the CLI can print one clear line for any of them:
         ├── TrapError               the guest trapped (unreachable, OOB, stack overflow)
         ├── InvocationTimeout       the invocation passed its deadline; the worker was killed
         ├── WorkerCrashed           the sandbox worker died (segfault, rlimit)
-        └── ActorQuarantined        the actor killed its worker too often
+        ├── ActorQuarantined        the actor killed its worker too often
+        ├── HostCallError           a host call an actor made has no handler or failed
+        └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
 """
 
 from __future__ import annotations
@@ -131,6 +135,14 @@ class UnsupportedFeatureError(ModuleError):
     """The module uses features that wasm3 0.5 cannot parse."""
 
 
+class ModuleExportError(ModuleError):
+    """The module lacks the exports a waPC actor needs (``__guest_call``)."""
+
+
+class MemoryLimitError(ModuleError):
+    """The module's minimum linear memory is larger than the profile's page budget."""
+
+
 class ClaimsError(ModuleError):
     """The module's wascap claims do not allow it to run here."""
 
@@ -180,3 +192,14 @@ class WorkerCrashed(ActorError):
 
 class ActorQuarantined(ActorError):
     """The actor crashed or hung its worker too often and is no longer run."""
+
+
+class HostCallError(ActorError):
+    """A host call made by an actor cannot be served (no link, bad payload, provider error).
+
+    Raised by host-call handlers; its message is what the guest sees as the host error.
+    """
+
+
+class WorkerProtocolError(ActorError):
+    """A sandbox worker sent a frame that is oversized or does not decode."""

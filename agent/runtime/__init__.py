@@ -1,0 +1,1 @@
+"""Actor runtime: wasm module inspection and admission (pure), the waPC host, sandbox workers."""
