@@ -96,9 +96,7 @@ def available_profiles() -> list[str]:
     """Names of the profiles shipped with the package, sorted."""
     root = resources.files(__name__)
     return sorted(
-        entry.name.removesuffix(".toml")
-        for entry in root.iterdir()
-        if entry.name.endswith(".toml")
+        entry.name.removesuffix(".toml") for entry in root.iterdir() if entry.name.endswith(".toml")
     )
 
 
@@ -122,9 +120,8 @@ def parse_profile(data: dict[str, Any], *, source: str) -> Profile:
     unknown = sorted(set(budgets_table) - set(BUDGET_FIELDS))
     if missing or unknown:
         raise ProfileLoadError(f"{source}: budgets missing {missing} / unknown {unknown}")
-    budgets = Budgets(
-        **{key: coerce_budget(key, value, source) for key, value in budgets_table.items()}
-    )
+    values = {key: coerce_budget(key, value, source) for key, value in budgets_table.items()}
+    budgets = Budgets(**values)  # type: ignore[arg-type]  # types checked by coerce_budget
     fallback = match.get("low_ram_fallback")
     return Profile(
         name=str(data["name"]),

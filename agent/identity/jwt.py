@@ -113,7 +113,9 @@ def decode(token: str) -> DecodedJWT:
     )
 
 
-def verify(token: str, *, now: float | None = None, issuer_kind: KeyKind | None = None) -> DecodedJWT:
+def verify(
+    token: str, *, now: float | None = None, issuer_kind: KeyKind | None = None
+) -> DecodedJWT:
     """Decode ``token`` and check its algorithm, signature, issuer kind and time window."""
     decoded = decode(token)
     alg = str(decoded.header.get("alg", "")).lower()
@@ -138,7 +140,9 @@ def verify(token: str, *, now: float | None = None, issuer_kind: KeyKind | None 
 # --- NATS claims builders -----------------------------------------------------------
 
 
-def operator_claims(operator: KeyPair, name: str, *, system_account: str | None = None) -> dict[str, Any]:
+def operator_claims(
+    operator: KeyPair, name: str, *, system_account: str | None = None
+) -> dict[str, Any]:
     """Claims of a self-signed operator JWT."""
     nats: dict[str, Any] = {"type": "operator", "version": 2}
     if system_account:
@@ -146,9 +150,7 @@ def operator_claims(operator: KeyPair, name: str, *, system_account: str | None 
     return {"sub": operator.public_key, "name": name, "nats": nats}
 
 
-def account_claims(
-    account_public_key: str, name: str, *, jetstream: bool = True
-) -> dict[str, Any]:
+def account_claims(account_public_key: str, name: str, *, jetstream: bool = True) -> dict[str, Any]:
     """Claims of an account JWT (signed by the operator); JetStream unlimited when enabled."""
     storage = UNLIMITED if jetstream else 0
     limits = {

@@ -1,0 +1,482 @@
+"""The agent's configuration: one frozen dataclass tree, loaded once and passed down.
+
+Sources, later ones winning: built-in defaults, the TOML file, then ``LATTICE_EDGE_*``
+environment variables (``LATTICE_EDGE_LEAF_LISTEN=127.0.0.1:5222`` sets ``leaf.listen``).
+Every error names the key and the file or variable it came from. Relative paths in the
+file are taken relative to the file's directory. ``docs/configuration.md`` lists every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import ConfigError
+from agent.identity.keys import KeyKind, is_public_key
+from profiles import AUTO, BUDGET_FIELDS, ProfileLoadError, available_profiles, coerce_budget
+
+__all__ = [
+    "CONFIG_ENV",
+    "Config",
+    "HostPort",
+    "HostSettings",
+    "LeafSettings",
+    "TrustSettings",
+    "UpstreamSettings",
+    "default_config_path",
+    "default_data_dir",
+    "embedded_default",
+    "load_config",
+    "locate_config",
+    "parse_config",
+]
+
+CONFIG_ENV = "LATTICE_EDGE_CONFIG"
+ENV_PREFIX = "LATTICE_EDGE_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A ``host:port`` address to listen on or connect to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """Parse ``host:port`` (``[v6]:port`` for IPv6); raises ``ValueError``."""
+        host, sep, port_text = text.strip().rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"'{text}' is not host:port")
+        host = host.removeprefix("[").removesuffix("]")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port in '{text}' must be 1-65535")
+        return cls(host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Who this host is on the lattice and which board profile it uses."""
+
+    name: str
+    lattice: str
+    profile: str
+    data_dir: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeafSettings:
+    """The local nats-server leaf node."""
+
+    nats_server: Path | None
+    listen: HostPort
+    monitor: HostPort
+    ready_timeout_s: float
+    jetstream: bool
+    jetstream_domain: str | None
+    sync_interval: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """The leafnode remote that bridges the device to a cloud lattice."""
+
+    urls: tuple[str, ...]
+    credentials: Path | None
+    tls_ca_file: Path | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_handshake_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrustSettings:
+    """Whom the host trusts: actor issuers and invocation-signing cluster keys."""
+
+    trusted_issuers: tuple[str, ...]
+    cluster_issuers: tuple[str, ...]
+    allow_unsigned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. ``source`` is None for the embedded default."""
+
+    host: HostSettings
+    leaf: LeafSettings
+    upstream: UpstreamSettings | None
+    trust: TrustSettings
+    budgets: Mapping[str, int | float]
+    log_level: str
+    source: Path | None = None
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where the host's seeds live (mode 0700)."""
+        return self.host.data_dir / "keys"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the running agent leaves its state file and the leaf's config."""
+        return self.host.data_dir / "run"
+
+
+# --- default locations ---------------------------------------------------------------
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def default_config_path() -> Path:
+    """``/etc/lattice-edge/agent.toml`` as root, else under ``$XDG_CONFIG_HOME``."""
+    if _is_root():
+        return Path("/etc/lattice-edge/agent.toml")
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "lattice-edge" / "agent.toml"
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/lattice-edge`` as root, else under ``$XDG_DATA_HOME``."""
+    if _is_root():
+        return Path("/var/lib/lattice-edge")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lattice-edge"
+
+
+def locate_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to use: ``--config``, then ``LATTICE_EDGE_CONFIG``, then the default.
+
+    An explicitly named file must exist; a missing default means "no config anywhere".
+    """
+    environ = os.environ if env is None else env
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    named = environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", source=CONFIG_ENV)
+        return path
+    default = default_config_path()
+    return default if default.is_file() else None
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or the embedded default when None) and apply env overrides."""
+    environ = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=path) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read: {exc}", source=path) from exc
+    else:
+        raw = embedded_default_table()
+    overrides = _apply_env(raw, environ)
+    base_dir = path.parent.resolve() if path is not None else Path.cwd()
+    return parse_config(raw, source=path, base_dir=base_dir, overrides=overrides)
+
+
+def embedded_default_table() -> dict[str, Any]:
+    """The raw table ``run`` uses when there is no config file anywhere."""
+    return {"host": {"data_dir": str(default_data_dir() / "embedded")}}
+
+
+def embedded_default(env: Mapping[str, str] | None = None) -> Config:
+    """The embedded default: auto profile, own data dir, standalone leaf on loopback."""
+    return load_config(None, env)
+
+
+_Section = dict[str, Any]
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one TOML table, converting values and remembering which keys were used."""
+
+    def __init__(
+        self,
+        table: object,
+        name: str,
+        source: Path | None,
+        overrides: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        if table is None:
+            table = {}
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=name, source=source)
+        self.table: dict[str, Any] = table
+        self.name = name
+        self.source = source
+        self.overrides = overrides or {}
+
+    def error(self, key: str, message: str) -> ConfigError:
+        dotted = f"{self.name}.{key}"
+        origin = self.overrides.get(dotted)
+        return ConfigError(message, key=dotted, source=origin[0] if origin else self.source)
+
+    def get(self, key: str, default: T, convert: Callable[[Any], T]) -> T:
+        if key not in self.table:
+            return default
+        try:
+            return convert(self.table[key])
+        except (TypeError, ValueError) as exc:
+            origin = self.overrides.get(f"{self.name}.{key}")
+            if origin is not None:
+                # An env value read as TOML (4222 -> int) may be meant as text.
+                try:
+                    return convert(origin[1])
+                except (TypeError, ValueError):
+                    pass
+            raise self.error(key, str(exc)) from exc
+
+    def reject_unknown(self, known: set[str]) -> None:
+        unknown = sorted(set(self.table) - known)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key (known keys: {', '.join(sorted(known))})")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, got {value!r}")
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not _NAME.match(text):
+        raise ValueError(f"'{text}' must be 1-64 letters, digits, '-' or '_'")
+    return text
+
+
+def _profile_name(value: Any) -> str:
+    text = _string(value)
+    known = available_profiles()
+    if text != AUTO and text not in known:
+        raise ValueError(f"unknown profile '{text}' (known: auto, {', '.join(known)})")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _host_port(value: Any) -> HostPort:
+    return HostPort.parse(_string(value))
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _keys_of(kind: KeyKind) -> Callable[[Any], tuple[str, ...]]:
+    def convert(value: Any) -> tuple[str, ...]:
+        keys = _string_list(value)
+        for key in keys:
+            if not is_public_key(key, kind):
+                raise ValueError(f"'{key}' is not a public {kind.name.lower()} key")
+        return keys
+
+    return convert
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError("must be a table of strings")
+    return {str(k): _string(v) for k, v in value.items()}
+
+
+def _budget_converter(key: str) -> Callable[[Any], int | float]:
+    def convert(value: Any) -> int | float:
+        try:
+            return coerce_budget(key, value, "budgets")
+        except ProfileLoadError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from exc
+
+    return convert
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^(nats-leaf|nats|tls|ws|wss)://[^\s/]+", text):
+        raise ValueError(f"'{text}' must be a nats-leaf://, tls://, ws:// or wss:// URL")
+    return text
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    source: Path | None,
+    base_dir: Path,
+    overrides: Mapping[str, tuple[str, str]] | None = None,
+) -> Config:
+    """Validate a raw table into a :class:`Config`; errors name key and source.
+
+    ``overrides`` maps dotted keys set from the environment to (variable, raw text), so
+    an error in an override names the variable instead of the file.
+    """
+
+    def path_of(value: Any) -> Path:
+        path = Path(_string(value)).expanduser()
+        return path if path.is_absolute() else base_dir / path
+
+    def optional_path(value: Any) -> Path | None:
+        return path_of(value) if value else None
+
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section (known: {', '.join(_SECTIONS)})",
+            key=unknown[0],
+            source=source,
+        )
+
+    h = _Reader(raw.get("host"), "host", source, overrides)
+    h.reject_unknown({"name", "lattice", "profile", "data_dir", "labels"})
+    host = HostSettings(
+        name=h.get("name", "lattice-edge", _name),
+        lattice=h.get("lattice", "default", _name),
+        profile=h.get("profile", AUTO, _profile_name),
+        data_dir=h.get("data_dir", default_data_dir(), path_of),
+        labels=h.get("labels", {}, _labels),
+    )
+
+    lf = _Reader(raw.get("leaf"), "leaf", source, overrides)
+    lf.reject_unknown(
+        {"nats_server", "listen", "monitor", "ready_timeout_s", "jetstream",
+         "jetstream_domain", "sync_interval"}
+    )  # fmt: skip
+    leaf = LeafSettings(
+        nats_server=lf.get("nats_server", None, optional_path),
+        listen=lf.get("listen", HostPort("127.0.0.1", 4222), _host_port),
+        monitor=lf.get("monitor", HostPort("127.0.0.1", 8222), _host_port),
+        ready_timeout_s=lf.get("ready_timeout_s", 15.0, _positive),
+        jetstream=lf.get("jetstream", True, _bool),
+        jetstream_domain=lf.get("jetstream_domain", None, lambda v: _name(v) if v else None),
+        sync_interval=lf.get("sync_interval", None, lambda v: _string(v) or None),
+    )
+    if leaf.listen == leaf.monitor:
+        raise lf.error("monitor", "must differ from leaf.listen")
+
+    upstream: UpstreamSettings | None = None
+    if raw.get("upstream"):
+        u = _Reader(raw.get("upstream"), "upstream", source, overrides)
+        u.reject_unknown(
+            {"urls", "credentials", "tls_ca_file", "tls_cert_file", "tls_key_file",
+             "tls_handshake_first"}
+        )  # fmt: skip
+        no_urls: tuple[str, ...] = ()
+        urls = u.get("urls", no_urls, lambda v: tuple(_url(x) for x in _string_list(v)))
+        if not urls:
+            raise u.error("urls", "at least one upstream URL is required")
+        upstream = UpstreamSettings(
+            urls=urls,
+            credentials=u.get("credentials", None, optional_path),
+            tls_ca_file=u.get("tls_ca_file", None, optional_path),
+            tls_cert_file=u.get("tls_cert_file", None, optional_path),
+            tls_key_file=u.get("tls_key_file", None, optional_path),
+            tls_handshake_first=u.get("tls_handshake_first", False, _bool),
+        )
+        if (upstream.tls_cert_file is None) != (upstream.tls_key_file is None):
+            raise u.error("tls_key_file", "tls_cert_file and tls_key_file go together")
+
+    t = _Reader(raw.get("trust"), "trust", source, overrides)
+    t.reject_unknown({"trusted_issuers", "cluster_issuers", "allow_unsigned"})
+    trust = TrustSettings(
+        trusted_issuers=t.get("trusted_issuers", (), _keys_of(KeyKind.ACCOUNT)),
+        cluster_issuers=t.get("cluster_issuers", (), _keys_of(KeyKind.CLUSTER)),
+        allow_unsigned=t.get("allow_unsigned", False, _bool),
+    )
+
+    b = _Reader(raw.get("budgets"), "budgets", source, overrides)
+    b.reject_unknown(set(BUDGET_FIELDS))
+    budgets = {key: b.get(key, 0.0, _budget_converter(key)) for key in b.table}
+
+    lg = _Reader(raw.get("log"), "log", source, overrides)
+    lg.reject_unknown({"level"})
+    log_level = lg.get("level", "info", _string).lower()
+    if log_level not in LOG_LEVELS:
+        raise lg.error("level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+    return Config(
+        host=host,
+        leaf=leaf,
+        upstream=upstream,
+        trust=trust,
+        budgets=budgets,
+        log_level=log_level,
+        source=source,
+    )
+
+
+# --- environment overrides -------------------------------------------------------------
+
+# Variables that configure the tooling around the agent, not a config key.
+_NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
+_SECTIONS = ("host", "leaf", "upstream", "trust", "budgets", "log")
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Fold ``LATTICE_EDGE_<SECTION>_<KEY>`` variables into ``raw``.
+
+    Values are read as TOML values when they parse (``5``, ``true``, ``["a"]``) and as
+    plain strings otherwise, so ``127.0.0.1:4222`` needs no quotes. Returns the dotted
+    keys that were set, with the variable and its raw text.
+    """
+    origins: dict[str, tuple[str, str]] = {}
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name.removeprefix(ENV_PREFIX)
+        if rest in _NOT_KEYS:
+            continue
+        section = next((s for s in _SECTIONS if rest.startswith(s.upper() + "_")), None)
+        if section is None:
+            raise ConfigError(
+                f"does not name a config key (sections: {', '.join(_SECTIONS)})", source=name
+            )
+        key = rest.removeprefix(section.upper() + "_").lower()
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=section)
+        table[key] = _env_value(value)
+        origins[f"{section}.{key}"] = (name, value)
+    return origins
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

@@ -1,0 +1,287 @@
+"""The composition root: what starts, in which order, and how it stops.
+
+Start-up: config → identity → board profile → leaf config → leaf node ready → NATS
+connection → state file → ``READY=1``. Shutdown reverses it, each step bounded: stop
+taking requests, drain NATS, lame-duck and stop the leaf, remove the state file.
+SIGTERM and SIGINT request shutdown; a second SIGINT forces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent import __version__
+from agent.boards import Board, resolve_board
+from agent.config import Config
+from agent.errors import LatticeEdgeError, LeafConfigError
+from agent.fsutil import write_atomic
+from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
+from agent.identity.jwt import read_creds
+from agent.leaf.binary import NatsServer, find_nats_server
+from agent.leaf.render import LeafPlan, render
+from agent.leaf.supervisor import LeafSupervisor
+from agent.systemd import Notifier
+
+__all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host"]
+
+logger = logging.getLogger("lattice_edge.host")
+
+STATE_FILE = "agent.json"
+LEAF_CONF = "nats-server.conf"
+LEAF_PID = "nats-server.pid"
+DRAIN_TIMEOUT_S = 5.0
+
+
+class HostState(enum.Enum):
+    """Lifecycle of the host."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """What a user needs to reach a running host; also the state file's contents."""
+
+    host_id: str
+    name: str
+    lattice: str
+    profile: str
+    client_url: str
+    monitor_url: str
+    jetstream_domain: str
+    upstream: tuple[str, ...]
+    data_dir: str
+    config: str | None
+    nats_server: str
+    nats_server_version: str
+    pid: int
+    started_at: float
+    version: str = __version__
+
+
+def prepare_host(config: Config, *, create_keys: bool = False) -> Host:
+    """Check everything that can be checked before starting anything.
+
+    Loads (or, for the embedded default, creates) the host keys, resolves the board,
+    reads the upstream credentials and finds nats-server, so each of those problems is
+    reported as one clear error before a process is spawned.
+    """
+    if create_keys:
+        keys, created = ensure_host_keys(config.keys_dir)
+        if created:
+            logger.info("created host keys in %s", config.keys_dir)
+    else:
+        keys = load_host_keys(config.keys_dir)
+    board = resolve_board(config)
+    upstream = config.upstream
+    if upstream is not None:
+        if upstream.credentials is not None:
+            read_creds(upstream.credentials)  # raises CredsError naming the file
+        for path in (upstream.tls_ca_file, upstream.tls_cert_file, upstream.tls_key_file):
+            if path is not None and not path.is_file():
+                raise LeafConfigError(f"upstream TLS file {path} does not exist")
+    server = find_nats_server(config.leaf.nats_server)
+    return Host(config, keys=keys, board=board, server=server)
+
+
+class Host:
+    """One running Lattice Edge host: its leaf node and its connection to it."""
+
+    def __init__(self, config: Config, *, keys: HostKeys, board: Board, server: NatsServer):
+        self.config = config
+        self.keys = keys
+        self.board = board
+        self.server = server
+        self.state = HostState.CREATED
+        self.notifier = Notifier()
+        self.server_name = f"{config.host.name}-{keys.host_id[:8].lower()}"
+        self.jetstream_domain = config.leaf.jetstream_domain or f"edge_{keys.host_id[1:11].lower()}"
+        run_dir = config.run_dir
+        self.leaf = LeafSupervisor(
+            server,
+            run_dir / LEAF_CONF,
+            monitor=config.leaf.monitor,
+            server_name=self.server_name,
+            ready_timeout=config.leaf.ready_timeout_s,
+            pid_file=run_dir / LEAF_PID,
+            env={**os.environ, "GOMEMLIMIT": f"{board.budgets.gomemlimit_mb}MiB"},
+        )
+        self.nats: Any = None  # nats.aio.client.Client once connected
+        self._stop = asyncio.Event()
+        self._force = False
+
+    # --- information ------------------------------------------------------------------
+
+    @property
+    def client_url(self) -> str:
+        """The local lattice's NATS URL."""
+        return f"nats://{self.config.leaf.listen}"
+
+    def info(self) -> HostInfo:
+        """A snapshot of how to reach this host."""
+        upstream = self.config.upstream
+        return HostInfo(
+            host_id=self.keys.host_id,
+            name=self.config.host.name,
+            lattice=self.config.host.lattice,
+            profile=self.board.profile.name,
+            client_url=self.client_url,
+            monitor_url=f"http://{self.config.leaf.monitor}",
+            jetstream_domain=self.jetstream_domain,
+            upstream=upstream.urls if upstream else (),
+            data_dir=str(self.config.host.data_dir),
+            config=str(self.config.source) if self.config.source else None,
+            nats_server=str(self.server.path),
+            nats_server_version=self.server.version_text,
+            pid=os.getpid(),
+            started_at=time.time(),
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def write_leaf_config(self) -> tuple[str, ...]:
+        """Render the leaf's config for the server found; return what it left out."""
+        budgets = self.board.budgets
+        plan = LeafPlan(
+            server_name=self.server_name,
+            listen=self.config.leaf.listen,
+            monitor=self.config.leaf.monitor,
+            max_payload=budgets.nats_max_payload,
+            jetstream=self.config.leaf.jetstream,
+            jetstream_domain=self.jetstream_domain,
+            store_dir=self.config.host.data_dir / "jetstream",
+            jetstream_max_memory_mb=budgets.jetstream_max_memory_mb,
+            jetstream_max_file_mb=budgets.jetstream_max_file_mb,
+            sync_interval=self.config.leaf.sync_interval,
+            upstream=self.config.upstream,
+        )
+        rendered = render(plan, self.server.version)
+        write_atomic(self.config.run_dir / LEAF_CONF, rendered.text.encode())
+        for warning in rendered.warnings:
+            logger.warning("%s", warning)
+        return rendered.warnings
+
+    def request_stop(self, sig: int | None = None) -> None:
+        """Ask the host to shut down; a second SIGINT forces it."""
+        if self._stop.is_set() and sig == signal.SIGINT:
+            self._force = True
+            logger.warning("second interrupt: forcing shutdown")
+            pid = self.leaf.pid
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[HostInfo], None] | None = None) -> None:
+        """Start everything, serve until asked to stop, then shut down in order."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                await self._serve(tasks, on_ready)
+        except BaseExceptionGroup as group:
+            raise _first_of_ours(group) from None
+
+    async def _serve(
+        self, tasks: asyncio.TaskGroup, on_ready: Callable[[HostInfo], None] | None
+    ) -> None:
+        self.state = HostState.STARTING
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            self.write_leaf_config()
+            await self.leaf.start(tasks)
+            self.nats = await self._connect()
+            info = self.info()
+            write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
+            self.state = HostState.RUNNING
+            self.notifier.ready(f"serving {info.client_url}")
+            if self.notifier.watchdog_interval:
+                watchdog = tasks.create_task(self._watchdog(self.notifier.watchdog_interval))
+            if on_ready is not None:
+                on_ready(info)
+            await self._stop.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _connect(self) -> Any:
+        import nats  # the client library is the largest import; load it when needed
+
+        async def on_error(exc: Exception) -> None:
+            logger.warning("local NATS connection: %s", exc)
+
+        async def on_disconnect() -> None:
+            if self.state is HostState.RUNNING:
+                logger.warning("lost the connection to the local leaf node; reconnecting")
+
+        async def on_reconnect() -> None:
+            logger.info("reconnected to the local leaf node")
+
+        try:
+            return await nats.connect(
+                servers=[self.client_url],
+                name=f"lattice-edge {self.keys.host_id[:12]}",
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise LeafConfigError(
+                f"cannot connect to the leaf at {self.client_url}: {exc}"
+            ) from exc
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.notifier.watchdog()
+
+    async def _shutdown(self) -> None:
+        if self.state in (HostState.STOPPING, HostState.STOPPED):
+            return
+        self.state = HostState.STOPPING
+        self.notifier.stopping()
+        logger.info("shutting down")
+        if self.nats is not None and not self._force:
+            try:
+                await asyncio.wait_for(self.nats.drain(), DRAIN_TIMEOUT_S)
+            except Exception as exc:  # nats-py raises several unrelated types on close
+                logger.warning("draining the NATS connection failed: %s", exc)
+        if self.nats is not None and not self.nats.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nats.close()
+        await self.leaf.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.run_dir / STATE_FILE).unlink()
+        self.state = HostState.STOPPED
+        logger.info("stopped")
+
+
+def _first_of_ours(group: BaseExceptionGroup[Any]) -> BaseException:
+    """Unwrap a task group's errors so callers see our exception, not a group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_of_ours(exc)
+        if isinstance(exc, LatticeEdgeError | KeyboardInterrupt | SystemExit):
+            return exc
+    return group

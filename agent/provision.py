@@ -1,0 +1,130 @@
+"""``lattice-edge init``: write the config file and create the host keys.
+
+Idempotent: running it again with the same answers changes nothing; different answers
+need ``--force``, which rewrites the config but never replaces existing keys (the host
+key is the device's identity on the lattice). Upstream credentials are validated and
+copied next to the keys with mode 0600, so the config never points into a home directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import HostPort, load_config
+from agent.errors import ConfigError
+from agent.fsutil import write_atomic, write_secret
+from agent.identity.host import ensure_host_keys
+from agent.identity.jwt import format_creds, read_creds
+
+__all__ = ["InitRequest", "InitResult", "initialise", "render_config"]
+
+UPSTREAM_CREDS = "upstream.creds"
+
+
+@dataclass(frozen=True, slots=True)
+class InitRequest:
+    """The answers ``init`` was given."""
+
+    config_path: Path
+    data_dir: Path
+    profile: str = "auto"
+    lattice: str = "default"
+    name: str = "lattice-edge"
+    listen: str | None = None
+    monitor: str | None = None
+    upstreams: tuple[str, ...] = ()
+    upstream_creds: Path | None = None
+    trusted_issuers: tuple[str, ...] = ()
+    cluster_issuers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    """What ``init`` did."""
+
+    config_path: Path
+    host_id: str
+    message: str
+
+
+def _toml_string(value: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(value)
+
+
+def _toml_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_toml_string(v) for v in values) + "]"
+
+
+def render_config(request: InitRequest, creds_path: Path | None) -> str:
+    """The config file ``init`` writes for ``request``."""
+    lines = [
+        "# Lattice Edge agent configuration, written by 'lattice-edge init'.",
+        "# Every key is documented in docs/configuration.md.",
+        "",
+        "[host]",
+        f"name = {_toml_string(request.name)}",
+        f"lattice = {_toml_string(request.lattice)}",
+        f"profile = {_toml_string(request.profile)}",
+        f"data_dir = {_toml_string(str(request.data_dir))}",
+        "",
+        "[leaf]",
+        f"listen = {_toml_string(request.listen or '127.0.0.1:4222')}",
+        f"monitor = {_toml_string(request.monitor or '127.0.0.1:8222')}",
+        "",
+        "[trust]",
+        f"trusted_issuers = {_toml_list(request.trusted_issuers)}",
+        f"cluster_issuers = {_toml_list(request.cluster_issuers)}",
+    ]
+    if request.upstreams:
+        lines += ["", "[upstream]", f"urls = {_toml_list(request.upstreams)}"]
+        if creds_path is not None:
+            lines.append(f"credentials = {_toml_string(str(creds_path))}")
+    return "\n".join(lines) + "\n"
+
+
+def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
+    """Create keys and write the config; see the module docstring for the rules."""
+    for address in (request.listen, request.monitor):
+        if address is not None:
+            try:
+                HostPort.parse(address)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+    if request.upstream_creds is not None and not request.upstreams:
+        raise ConfigError("--upstream-creds needs --upstream URL")
+    data_dir = request.data_dir.expanduser().resolve()
+    request = dataclasses.replace(request, data_dir=data_dir)
+    creds = read_creds(request.upstream_creds) if request.upstream_creds else None
+    creds_path = data_dir / "keys" / UPSTREAM_CREDS if creds else None
+    text = render_config(request, creds_path)
+
+    existing = request.config_path.read_text() if request.config_path.exists() else None
+    if existing is not None and existing != text and not force:
+        raise ConfigError(
+            f"{request.config_path} already exists with other settings; "
+            "pass --force to overwrite it (keys are kept)"
+        )
+    # Validate what we are about to write with the same loader 'run' uses.
+    write_atomic(request.config_path, text.encode())
+    try:
+        config = load_config(request.config_path, env={})
+    except ConfigError:
+        if existing is not None:
+            write_atomic(request.config_path, existing.encode())
+        else:
+            request.config_path.unlink()
+        raise
+    if creds is not None and creds_path is not None:
+        write_secret(creds_path, format_creds(creds.jwt, creds.seed).encode())
+    keys, created = ensure_host_keys(config.keys_dir)
+    if existing == text and not created:
+        message = "already initialised"
+    elif existing is None:
+        message = "initialised"
+    else:
+        message = "config rewritten"
+    return InitResult(request.config_path, keys.host_id, message)

@@ -1,0 +1,109 @@
+"""``lattice-edge status``: is the agent up, is its leaf up, is the uplink connected, and
+how is the device doing. Read from the agent's state file, the leaf's monitoring
+endpoint and psutil, so it works from any shell on the device."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.host import STATE_FILE
+from agent.leaf.monitor import MonitorError, get_json
+
+__all__ = ["gather_status"]
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else (the service user)
+    return True
+
+
+async def _leaf_status(config: Config) -> dict[str, Any]:
+    monitor = config.leaf.monitor
+    result: dict[str, Any] = {"monitor_url": f"http://{monitor}", "up": False}
+    try:
+        health_code, _ = await get_json(monitor, "/healthz")
+        _, varz = await get_json(monitor, "/varz")
+        _, leafz = await get_json(monitor, "/leafz")
+    except MonitorError as exc:
+        result["error"] = str(exc)
+        return result
+    result["up"] = health_code == 200
+    if isinstance(varz, dict):
+        result.update(
+            server_name=varz.get("server_name"),
+            version=varz.get("version"),
+            connections=varz.get("connections"),
+            memory_bytes=varz.get("mem"),
+        )
+    remotes = leafz.get("leafs") if isinstance(leafz, dict) else None
+    result["upstream_links"] = [
+        {"address": f"{r.get('ip')}:{r.get('port')}", "account": r.get("account"),
+         "rtt": r.get("rtt")}
+        for r in (remotes or []) if isinstance(r, dict)
+    ]  # fmt: skip
+    return result
+
+
+def _device_status(data_dir: Path) -> dict[str, Any]:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    device: dict[str, Any] = {
+        "memory_total_mb": memory.total // 2**20,
+        "memory_available_mb": memory.available // 2**20,
+        "memory_percent": memory.percent,
+        "cpu_percent": psutil.cpu_percent(interval=0.2),
+        "load_average": list(os.getloadavg()),
+    }
+    probe = data_dir if data_dir.exists() else Path("/")
+    disk = psutil.disk_usage(str(probe))
+    device["disk_free_mb"] = disk.free // 2**20
+    device["disk_percent"] = disk.percent
+    sensors = getattr(psutil, "sensors_temperatures", None)  # absent on some platforms
+    temperatures: dict[str, list[Any]] = sensors() if sensors else {}
+    readings = [t.current for entries in temperatures.values() for t in entries if t.current]
+    device["temperature_c"] = max(readings) if readings else None
+    return device
+
+
+async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
+    """Everything ``status`` shows, as a JSON-ready dict."""
+    state = _read_state(config.run_dir / STATE_FILE)
+    agent_up = state is not None and _alive(state.get("pid"))
+    leaf = await _leaf_status(config)
+    configured = list(config.upstream.urls) if config.upstream else []
+    return {
+        "agent": {
+            "up": agent_up,
+            "pid": state.get("pid") if agent_up and state else None,
+            "host_id": state.get("host_id") if state else None,
+            "version": state.get("version") if state else None,
+            "client_url": f"nats://{config.leaf.listen}",
+        },
+        "leaf": leaf,
+        "upstream": {
+            "configured": configured,
+            "connected": bool(leaf.get("upstream_links")),
+        },
+        "profile": state.get("profile") if agent_up and state else profile_name,
+        "device": _device_status(config.host.data_dir),
+    }
