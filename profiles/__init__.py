@@ -70,6 +70,7 @@ class Profile:
 
     name: str
     description: str
+    design_ram_mb: int
     models: tuple[str, ...]
     machines: tuple[str, ...]
     min_ram_mb: int
@@ -126,6 +127,7 @@ def parse_profile(data: dict[str, Any], *, source: str) -> Profile:
     return Profile(
         name=str(data["name"]),
         description=str(data.get("description", "")),
+        design_ram_mb=int(data.get("design_ram_mb", 512)),
         models=tuple(str(m) for m in match.get("models", [])),
         machines=tuple(str(m).lower() for m in match.get("machines", [])),
         min_ram_mb=int(match.get("min_ram_mb", 0)),

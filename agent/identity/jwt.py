@@ -193,7 +193,7 @@ def user_claims(
 # --- .creds files -------------------------------------------------------------------
 
 _CREDS_BLOCK = re.compile(
-    r"-{3,}BEGIN (?P<label>[A-Z ]+?)-{3,}\s*(?P<body>[^-\s]+)\s*-{3,}END (?P=label)-{3,}"
+    r"-{3,}BEGIN (?P<label>[A-Z ]+?)-{3,}\s*(?P<body>\S+?)\s*-{3,}END (?P=label)-{3,}"
 )
 
 

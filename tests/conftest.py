@@ -1,0 +1,67 @@
+"""Shared fixtures: the third-party actor folder, nats-server, free ports, an operator-mode
+hub standing in for NGS, and a runner for real ``lattice-edge`` agent processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.leaf.binary import NatsServer, find_nats_server
+from lattice_testing import AgentProcess, Hub, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def third_party_dir() -> Path:
+    """The read-only folder of third-party actors (``../shared/fixtures/third_party``).
+
+    Skips when it is missing, unless ``LATTICE_EDGE_REQUIRE_FIXTURES=1`` (CI), where a
+    missing folder fails the test instead of hiding it.
+    """
+    base = os.environ.get("LATTICE_EDGE_FIXTURES")
+    root = Path(base) if base else REPO.parent / "shared" / "fixtures"
+    folder = root / "third_party" if (root / "third_party").is_dir() else root
+    if not (folder / "README.md").is_file():
+        message = f"third-party fixtures not found at {folder}"
+        if os.environ.get("LATTICE_EDGE_REQUIRE_FIXTURES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> NatsServer:
+    """The nats-server the agent itself would use."""
+    return find_nats_server()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, nats_server: NatsServer) -> Iterator[Hub]:
+    """A hub in operator mode (operator, SYS and APP accounts, memory resolver)."""
+    with Hub(tmp_path / "hub", nats_server.path) as running:
+        yield running
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
+    """Starts ``lattice-edge`` processes and makes sure none outlives the test."""
+    started: list[AgentProcess] = []
+
+    class Tracked(AgentProcess):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill_all()
+
+
+@pytest.fixture
+def ports() -> dict[str, int]:
+    """A fresh client and monitoring port for one agent."""
+    return {"client": free_port(), "monitor": free_port()}
