@@ -442,7 +442,8 @@ def parse_config(
 
 # --- environment overrides -------------------------------------------------------------
 
-# Variables that configure the tooling around the agent, not a config key.
+# Variables that configure the tooling around the agent, not a config key; the test
+# suite's own variables start with LATTICE_EDGE_TEST_.
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
 _SECTIONS = ("host", "leaf", "upstream", "trust", "budgets", "log")
 
@@ -459,7 +460,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[s
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name.removeprefix(ENV_PREFIX)
-        if rest in _NOT_KEYS:
+        if rest in _NOT_KEYS or rest.startswith("TEST_"):
             continue
         section = next((s for s in _SECTIONS if rest.startswith(s.upper() + "_")), None)
         if section is None:
