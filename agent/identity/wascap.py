@@ -16,6 +16,7 @@ trust (UntrustedIssuerError), the time window (ClaimsExpiredError), the hash
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ __all__ = [
     "embed_token",
     "extract_claims",
     "extract_token",
+    "iso_time",
     "sign_module",
     "verify_claims",
 ]
@@ -120,8 +122,9 @@ def _opt_int(claims: dict[str, Any], key: str) -> int | None:
     value = claims.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ClaimsError(f"malformed wascap claims: '{key}' is not a number")
+    # JSON allows 1e999 and NaN, which int() refuses: reject them as malformed claims
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ClaimsError(f"malformed wascap claims: '{key}' is not a finite number")
     return int(value)
 
 
@@ -149,6 +152,8 @@ def claims_from_token(token: str) -> ActorClaims:
         decoded = jwt.decode(token)
     except JWTError as exc:
         raise ClaimsError(f"the embedded wascap JWT is malformed: {exc}") from exc
+    except RecursionError:  # json gives up on absurdly nested input; it is still just bad input
+        raise ClaimsError("the embedded wascap JWT is nested too deeply to decode") from None
     body = decoded.claims
     wascap = body.get("wascap")
     if not isinstance(wascap, dict):
@@ -200,8 +205,12 @@ def extract_claims(module_bytes: bytes) -> ActorClaims | None:
 # --- verifying -----------------------------------------------------------------------
 
 
-def _when(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_time(seconds: int) -> str:
+    """``seconds`` since the epoch as ISO 8601 UTC; raw seconds when out of datetime's range."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds} seconds after the epoch"
 
 
 def verify_claims(
@@ -252,10 +261,10 @@ def verify_claims(
         raise UntrustedIssuerError(f"issuer {claims.issuer} is not in trusted_issuers")
     moment = time.time() if now is None else now
     if claims.expires and moment > claims.expires:
-        raise ClaimsExpiredError(f"the actor's claims expired at {_when(claims.expires)}")
+        raise ClaimsExpiredError(f"the actor's claims expired at {iso_time(claims.expires)}")
     if claims.not_before and moment < claims.not_before:
         raise ClaimsExpiredError(
-            f"the actor's claims are not valid before {_when(claims.not_before)}"
+            f"the actor's claims are not valid before {iso_time(claims.not_before)}"
         )
     actual = module_hash(module_bytes)
     matches = actual == claims.hash.upper()

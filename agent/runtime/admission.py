@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.errors import ModuleError
-from agent.identity.wascap import ActorClaims, extract_claims, verify_claims
+from agent.identity.wascap import ActorClaims, extract_claims, iso_time, verify_claims
 from agent.runtime.module import (
     DEFAULT_MAX_MODULE_BYTES,
     MemoryLimits,
@@ -111,9 +110,7 @@ def admit(
 
 
 def _iso(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if seconds is None else iso_time(seconds)
 
 
 def _memory_json(memory: MemoryLimits | None) -> dict[str, Any] | None:
