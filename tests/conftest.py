@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lattice_testing import AgentProcess, Hub, free_port
 
 from agent.leaf.binary import NatsServer, find_nats_server
-from lattice_testing import AgentProcess, Hub, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

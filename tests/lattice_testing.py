@@ -51,7 +51,9 @@ def http_json(port: int, path: str) -> Any:
         return None
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``lattice-edge`` console script."""
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False

@@ -23,8 +23,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.leaf.binary import find_nats_server  # noqa: E402
-from lattice_testing import AgentProcess, free_port, http_json, run_cli, wait_until  # noqa: E402
+from lattice_testing import AgentProcess, free_port, http_json, run_cli, wait_until
+
+from agent.leaf.binary import find_nats_server
 
 
 def emit(figure: str, **values: object) -> None:

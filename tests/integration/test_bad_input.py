@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agent.identity import jwt
 from lattice_testing import AgentProcess, Hub, free_port, run_cli
 
 pytestmark = pytest.mark.integration
@@ -19,7 +17,8 @@ pytestmark = pytest.mark.integration
 def assert_one_clear_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("lattice-edge: error:")]
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("lattice-edge: error:")]
     assert len(errors) == 1, result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == errors[0]
     for fragment in fragments:
@@ -72,7 +71,9 @@ def test_unreachable_upstream_keeps_the_agent_running(
     assert "Traceback" not in log
     refused = [line for line in log.splitlines() if "connect as leafnode" in line]
     assert 1 <= len(refused) <= 2, refused  # rate-limited, not one line per retry
-    report = json.loads(run_cli("status", "--config", str(tmp_path / "agent.toml"), "--json").stdout)
+    report = json.loads(
+        run_cli("status", "--config", str(tmp_path / "agent.toml"), "--json").stdout
+    )
     assert report["agent"]["up"] and report["leaf"]["up"]
     assert report["upstream"] == {"configured": [nobody], "connected": False}
     assert agent.terminate() == 0
@@ -81,7 +82,9 @@ def test_unreachable_upstream_keeps_the_agent_running(
 def test_missing_nats_server_binary(tmp_path: Path, ports: dict[str, int]) -> None:
     assert run_cli(*init_args(tmp_path, ports)).returncode == 0
     config = tmp_path / "agent.toml"
-    config.write_text(config.read_text().replace("[leaf]", "[leaf]\nnats_server = '/opt/none/nats-server'"))
+    config.write_text(
+        config.read_text().replace("[leaf]", "[leaf]\nnats_server = '/opt/none/nats-server'")
+    )
     result = run_cli("run", "--config", str(config), timeout=30)
     assert_one_clear_error(result, "nats-server not found", "/opt/none/nats-server")
 
@@ -103,7 +106,9 @@ def test_bad_config_value_names_key_and_file(tmp_path: Path) -> None:
     assert_one_clear_error(result, "leaf.listen", str(config))
 
 
-def test_init_is_idempotent_and_needs_force_to_change(tmp_path: Path, ports: dict[str, int]) -> None:
+def test_init_is_idempotent_and_needs_force_to_change(
+    tmp_path: Path, ports: dict[str, int]
+) -> None:
     first = run_cli(*init_args(tmp_path, ports))
     again = run_cli(*init_args(tmp_path, ports))
     assert first.returncode == again.returncode == 0

@@ -12,7 +12,6 @@ from typing import Any
 
 import nats
 import pytest
-
 from lattice_testing import AgentProcess, Hub, alive, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,7 +72,7 @@ async def test_device_and_hub_exchange_messages_both_ways(
     wait_until(lambda: hub.leaf_connections() >= 1, 20, "the leaf link to the hub")
 
     device = await nats.connect(f"nats://127.0.0.1:{ports['client']}")
-    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.leaf_creds.parent / "cloud-client.creds"))
+    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.client_creds))
     try:
         up = await receive_one(cloud, device, "telemetry.edge-test", b"23.5C")
         down = await receive_one(device, cloud, "commands.edge-test", b"reboot")
@@ -158,7 +157,7 @@ async def test_agent_survives_the_hub_going_away(
     hub.start()
     wait_until(lambda: hub.leaf_connections() >= 1, 30, "the leaf to reconnect")
     device = await nats.connect(f"nats://127.0.0.1:{ports['client']}")
-    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.dir / "cloud-client.creds"))
+    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.client_creds))
     try:
         assert await receive_one(cloud, device, "telemetry.after", b"back") == b"back"
     finally:

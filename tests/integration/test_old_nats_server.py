@@ -8,10 +8,10 @@ from pathlib import Path
 
 import nats
 import pytest
-
-from agent.leaf.binary import find_nats_server
 from lattice_testing import AgentProcess, Hub, run_cli, wait_until
 from test_leaf_upstream import init_device, receive_one
+
+from agent.leaf.binary import find_nats_server
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ async def test_2_9_leaf_bridges_to_a_2_15_hub(
     wait_until(lambda: hub.leaf_connections() >= 1, 20, "the 2.9 leaf link to the hub")
 
     device = await nats.connect(f"nats://127.0.0.1:{ports['client']}")
-    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.dir / "cloud-client.creds"))
+    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.client_creds))
     try:
         assert await receive_one(cloud, device, "telemetry.old", b"2.9") == b"2.9"
         assert await receive_one(device, cloud, "commands.old", b"hello") == b"hello"

@@ -7,10 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from lattice_testing import run_cli
 
 from agent import __version__
 from agent.identity.keys import KeyKind, load_seed_file
-from lattice_testing import run_cli
 
 
 def test_version() -> None:

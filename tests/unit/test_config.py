@@ -88,7 +88,9 @@ def test_trust_keys_must_be_the_right_kind(tmp_path: Path) -> None:
     account = generate(KeyKind.ACCOUNT).public_key
     cluster = generate(KeyKind.CLUSTER).public_key
     good = load_config(
-        write(tmp_path, f"[trust]\ntrusted_issuers = ['{account}']\ncluster_issuers = ['{cluster}']\n"),
+        write(
+            tmp_path, f"[trust]\ntrusted_issuers = ['{account}']\ncluster_issuers = ['{cluster}']\n"
+        ),
         env={},
     )
     assert good.trust.trusted_issuers == (account,)

@@ -81,7 +81,7 @@ def test_tls_options() -> None:
     )
     text = render(plan(tls), V2_15).text
     assert 'ca_file: "/etc/ca.pem"' in text and "handshake_first: true" in text
-    with pytest.raises(LeafConfigError, match="2.10 or newer"):
+    with pytest.raises(LeafConfigError, match=r"2\.10 or newer"):
         render(plan(tls), V2_9)
 
 
@@ -121,7 +121,10 @@ def test_find_nats_server_reads_the_version(tmp_path: Path) -> None:
 def test_log_pump_levels_and_rate_limit() -> None:
     clock = [0.0]
     pump = LogPump(window=60, clock=lambda: clock[0])
-    line = b"[77] 2026/11/27 10:00:00.1 [ERR] Error trying to connect as leafnode to remote server 127.0.0.1:7422 (attempt %d): dial tcp: connection refused\n"
+    line = (
+        b"[77] 2026/11/27 10:00:00.1 [ERR] Error trying to connect as leafnode to remote "
+        b"server 127.0.0.1:7422 (attempt %d): dial tcp: connection refused\n"
+    )
     first = pump.feed(line % 1)
     assert first is not None and first[0] == logging.ERROR
     for attempt in range(2, 40):

@@ -34,7 +34,12 @@ def test_notifier_is_silent_without_systemd() -> None:
 
 
 def test_watchdog_for_another_pid_is_ignored() -> None:
-    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert (
+        Notifier(
+            {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}
+        ).watchdog_interval
+        is None
+    )
 
 
 def test_unreachable_socket_is_logged_not_raised(
