@@ -339,6 +339,165 @@ def keys_generate(kind: str, output: Path | None, force: bool) -> None:
     click.echo(key.public_key)
 
 
+# --- actor ------------------------------------------------------------------------------
+
+
+@cli.group()
+def actor() -> None:
+    """Inspect, sign and call WebAssembly actors."""
+
+
+def _read_module(path: Path) -> bytes:
+    from agent.errors import ModuleFormatError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModuleFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _trust(
+    config_path: Path | None, extra: Sequence[str], allow_unsigned: bool
+) -> tuple[tuple[str, ...], bool, int]:
+    """Trusted issuers, the unsigned policy and the page budget: config plus flags."""
+    from agent.boards import resolve_board
+
+    config = _load(config_path) or embedded_default()
+    issuers = tuple(dict.fromkeys([*config.trust.trusted_issuers, *extra]))
+    pages = resolve_board(config).budgets.actor_memory_pages
+    return issuers, allow_unsigned or config.trust.allow_unsigned, pages
+
+
+trust_options = [
+    config_option,
+    click.option("--trust-issuer", "trust_issuers", multiple=True,
+                 callback=_public_keys(KeyKind.ACCOUNT),
+                 help="Also trust this account key (adds to the config's trusted_issuers)."),
+    click.option("--allow-unsigned", is_flag=True, help="Accept modules without claims."),
+]  # fmt: skip
+
+
+def _with_trust_options(command: Any) -> Any:
+    for option in reversed(trust_options):
+        command = option(command)
+    return command
+
+
+@actor.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_with_trust_options
+def actor_inspect(
+    file: Path,
+    as_json: bool,
+    config_path: Path | None,
+    trust_issuers: list[str],
+    allow_unsigned: bool,
+) -> None:
+    """Show a module's claims, hash, imports, exports, memory and verdict."""
+    from agent.errors import ModuleError
+    from agent.runtime.admission import inspect_report
+
+    issuers, unsigned_ok, pages = _trust(config_path, trust_issuers, allow_unsigned)
+    report = inspect_report(
+        _read_module(file), trusted_issuers=issuers, allow_unsigned=unsigned_ok, max_pages=pages
+    )
+    click.echo(json.dumps(report, indent=2) if as_json else _format_inspect(report))
+    verdict = report["verdict"]
+    if not verdict["accepted"]:
+        raise ModuleError(f"{file}: rejected: {verdict['reason']}")
+
+
+def _format_inspect(report: dict[str, Any]) -> str:
+    claims = report.get("claims") or {}
+    memory = report.get("memory") or {}
+    admitted = report.get("memory_admitted") or {}
+    imports = ", ".join(f"{i['module']}.{i['name']}" for i in report.get("imports", []))
+    exports = ", ".join(e["name"] for e in report.get("exports", []))
+    hash_state = {True: "matches", False: "DOES NOT MATCH", None: "-"}[report.get("hash_matches")]
+    verdict = report["verdict"]
+    lines = [
+        f"size      : {report.get('size')} bytes",
+        f"name      : {claims.get('name') or '-'}",
+        f"issuer    : {claims.get('issuer') or '(unsigned)'}",
+        f"subject   : {claims.get('subject') or '-'}",
+        f"caps      : {', '.join(claims.get('caps') or []) or '-'}",
+        f"tags      : {', '.join(claims.get('tags') or []) or '-'}",
+        f"rev / ver : {claims.get('rev', '-')} / {claims.get('ver') or '-'}",
+        f"expires   : {claims.get('expires_iso') or 'never'}",
+        f"hash      : {report.get('module_hash')} ({hash_state})",
+        f"imports   : {imports or '-'}",
+        f"exports   : {exports or '-'}",
+        f"memory    : {memory.get('min_pages', '-')}..{memory.get('max_pages') or 'unbounded'} "
+        f"pages, admitted as ..{admitted.get('max_pages', '-')}",
+        "verdict   : " + ("accepted" if verdict["accepted"] else f"rejected: {verdict['reason']}"),
+    ]
+    lines += [f"warning   : {warning}" for warning in report.get("warnings", [])]
+    return "\n".join(lines)
+
+
+@actor.command("sign")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the signed module.",
+)
+@click.option(
+    "--issuer-seed",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Account seed file (SA...) that signs.",
+)
+@click.option("--name", required=True, help="Actor name.")
+@click.option("--cap", "caps", multiple=True, help="Capability contract id; repeatable.")
+@click.option("--tag", "tags", multiple=True, help="Tag; repeatable.")
+@click.option("--rev", type=int, default=None, help="Revision number.")
+@click.option("--ver", default=None, help="Human-readable version.")
+@click.option("--call-alias", default=None, help="Call alias.")
+@click.option(
+    "--module-seed",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Module seed file (SM...); a new module key is made when absent.",
+)
+@click.option(
+    "--expires",
+    "expires_days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Days until the claims expire.",
+)
+def actor_sign(
+    file: Path,
+    output: Path,
+    issuer_seed: Path,
+    name: str,
+    caps: tuple[str, ...],
+    tags: tuple[str, ...],
+    rev: int | None,
+    ver: str | None,
+    call_alias: str | None,
+    module_seed: Path | None,
+    expires_days: int | None,
+) -> None:
+    """Embed wascap claims signed by an issuer account; print the module's key."""
+    from agent.fsutil import write_atomic
+    from agent.identity.keys import load_seed_file
+    from agent.identity.wascap import sign_module
+
+    issuer = load_seed_file(issuer_seed, KeyKind.ACCOUNT)
+    module_key = load_seed_file(module_seed, KeyKind.MODULE) if module_seed else None
+    signed, claims = sign_module(
+        _read_module(file), issuer, name, caps=caps, tags=tags, rev=rev, ver=ver,
+        call_alias=call_alias, module_key=module_key, expires_in_days=expires_days,
+    )  # fmt: skip
+    write_atomic(output, signed)
+    click.echo(claims.subject)
+
+
 # --- entry point -----------------------------------------------------------------------
 
 

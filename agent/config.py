@@ -197,8 +197,17 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
 
 
 def embedded_default_table() -> dict[str, Any]:
-    """The raw table ``run`` uses when there is no config file anywhere."""
-    return {"host": {"data_dir": str(default_data_dir() / "embedded")}}
+    """The raw table ``run`` uses when there is no config file anywhere.
+
+    It trusts the demo issuer, and only it: that key's seed is public (the demo actor is
+    rebuilt from the repository), so no written config trusts it unless told to.
+    """
+    from agent.runtime.demo import DEMO_ISSUER
+
+    return {
+        "host": {"data_dir": str(default_data_dir() / "embedded")},
+        "trust": {"trusted_issuers": [DEMO_ISSUER]},
+    }
 
 
 def embedded_default(env: Mapping[str, str] | None = None) -> Config:
