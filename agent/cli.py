@@ -498,6 +498,69 @@ def actor_sign(
     click.echo(claims.subject)
 
 
+@actor.command("call")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("operation")
+@click.argument("payload", required=False, default="")
+@_with_trust_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Invocation deadline in seconds (default: the profile's).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the response (base64), host calls and log lines as JSON.",
+)
+def actor_call(
+    file: Path,
+    operation: str,
+    payload: str,
+    config_path: Path | None,
+    trust_issuers: list[str],
+    allow_unsigned: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Load FILE in a sandbox and invoke OPERATION once with PAYLOAD ('-' reads stdin)."""
+    import base64
+
+    from agent.boards import resolve_board
+    from agent.runtime.oneshot import call_module
+
+    config = _load(config_path) or embedded_default()
+    issuers, unsigned_ok, _ = _trust(config_path, trust_issuers, allow_unsigned)
+    body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
+    outcome = asyncio.run(
+        call_module(
+            _read_module(file), operation, body, trusted_issuers=issuers,
+            allow_unsigned=unsigned_ok, budgets=resolve_board(config).budgets, timeout=timeout,
+        )
+    )  # fmt: skip
+    result = outcome.result
+    if as_json:
+        report = {
+            "actor": outcome.module.actor_id,
+            "operation": operation,
+            "response_base64": base64.b64encode(result.response).decode(),
+            "host_calls": [
+                {"binding": c.binding, "namespace": c.namespace, "operation": c.operation,
+                 "payload_base64": base64.b64encode(c.payload).decode(), "error": c.error}
+                for c in result.host_calls
+            ],
+            "console": list(result.console),
+        }  # fmt: skip
+        click.echo(json.dumps(report, indent=2))
+        return
+    for line in result.console:
+        click.echo(f"[actor] {line}", err=True)
+    sys.stdout.buffer.write(result.response)
+    sys.stdout.buffer.flush()
+
+
 # --- entry point -----------------------------------------------------------------------
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
 from pathlib import Path
 
-from lattice_testing import run_cli
+from lattice_testing import CLI, run_cli
 
 from agent.config import embedded_default
 from agent.runtime.demo import DEMO_ISSUER
@@ -89,3 +91,52 @@ def test_sign_needs_an_account_seed(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1 and "expected account" in result.stderr
     assert not (tmp_path / "x.wasm").exists()
+
+
+DEMO = Path(__file__).resolve().parents[2] / "agent" / "runtime" / "demo" / "echo.wasm"
+
+
+def test_call_the_demo_actor() -> None:
+    result = run_cli("actor", "call", str(DEMO), "Greet", "world")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!"
+    assert "[actor] Hello, world!" in result.stderr  # its __console_log line
+
+
+def test_call_json_reports_host_calls() -> None:
+    result = run_cli("actor", "call", str(DEMO), "Random", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (call,) = report["host_calls"]
+    assert call["namespace"] == "wasmcloud:builtin:numbergen"
+    assert call["operation"] == "NumberGen.Random32"
+    assert len(base64.b64decode(report["response_base64"])) > 0
+
+
+def test_call_payload_from_stdin(tmp_path: Path) -> None:
+    data = tmp_path / "payload.bin"
+    data.write_bytes(b"\x00\x01binary\xff")
+    with data.open("rb") as stdin:
+        result = subprocess.run(
+            [CLI, "actor", "call", str(DEMO), "Echo", "-"], stdin=stdin, capture_output=True
+        )
+    assert result.returncode == 0 and result.stdout == b"\x00\x01binary\xff"
+
+
+def test_call_failures_exit_non_zero_with_the_reason(third_party_dir: Path) -> None:
+    unknown = run_cli("actor", "call", str(DEMO), "Nope")
+    assert unknown.returncode == 1 and "unknown operation Nope" in unknown.stderr
+    unsigned = third_party_dir / "hello_zig.wasm"
+    refused = run_cli("actor", "call", str(unsigned), "hello", "x")
+    assert refused.returncode == 1 and "unsigned" in refused.stderr.lower()
+    allowed = run_cli("actor", "call", str(unsigned), "hello", "this is a test", "--allow-unsigned")
+    # hello_zig's host call has no link here, and the guest reports that as its error
+    assert allowed.returncode == 1
+    assert "Host error: no link exists for sample on binding myBinding" in allowed.stderr
+
+
+def test_call_times_out_an_infinite_loop() -> None:
+    result = run_cli("actor", "call", str(GUESTS / "loop.wasm"), "spin", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "deadline" in result.stderr.lower() or "timed out" in result.stderr.lower()
