@@ -190,6 +190,10 @@ class WorkerCrashed(ActorError):
     """The sandbox worker process died while serving a request."""
 
 
+class ActorRefError(ActorError):
+    """An actor reference cannot be parsed or its module cannot be fetched."""
+
+
 class ActorQuarantined(ActorError):
     """The actor crashed or hung its worker too often and is no longer run."""
 
