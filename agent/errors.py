@@ -35,6 +35,7 @@ so callers catch our types and the CLI can print one clear line for any of them:
         ├── InvocationTimeout       the invocation passed its deadline; the worker was killed
         ├── WorkerCrashed           the sandbox worker died (segfault, rlimit)
         ├── ActorQuarantined        the actor killed its worker too often
+        ├── ActorRefError           an actor reference is malformed or cannot be fetched
         ├── HostCallError           a host call an actor made has no handler or failed
         └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
 """
