@@ -29,15 +29,20 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │       ├── UntrustedIssuerError
     │       ├── ClaimsExpiredError  (also: not yet valid)
     │       └── HashMismatchError
-    └── ActorError                  an actor failed while loaded or invoked
-        ├── GuestError              the guest returned an error (``__guest_error``)
-        ├── TrapError               the guest trapped (unreachable, OOB, stack overflow)
-        ├── InvocationTimeout       the invocation passed its deadline; the worker was killed
-        ├── WorkerCrashed           the sandbox worker died (segfault, rlimit)
-        ├── ActorQuarantined        the actor killed its worker too often
-        ├── ActorRefError           an actor reference is malformed or cannot be fetched
-        ├── HostCallError           a host call an actor made has no handler or failed
-        └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
+    ├── ActorError                  an actor failed while loaded or invoked
+    │   ├── GuestError              the guest returned an error (``__guest_error``)
+    │   ├── TrapError               the guest trapped (unreachable, OOB, stack overflow)
+    │   ├── InvocationTimeout       the invocation passed its deadline; the worker was killed
+    │   ├── WorkerCrashed           the sandbox worker died (segfault, rlimit)
+    │   ├── ActorQuarantined        the actor killed its worker too often
+    │   ├── ActorRefError           an actor reference is malformed or cannot be fetched
+    │   ├── HostCallError           a host call an actor made has no handler or failed
+    │   └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
+    └── LatticeError                a lattice subject or message is malformed or refused
+        ├── ControlRequestError     a control request body is malformed (names the field)
+        └── InvocationError         an RPC Invocation/InvocationResponse is malformed
+            ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
+            └── ChunkedInvocationError  its body went to the object store (unsupported)
 """
 
 from __future__ import annotations
@@ -208,3 +213,39 @@ class HostCallError(ActorError):
 
 class WorkerProtocolError(ActorError):
     """A sandbox worker sent a frame that is oversized or does not decode."""
+
+
+# --- lattice -----------------------------------------------------------------------
+
+
+class LatticeError(LatticeEdgeError):
+    """A lattice subject, control request or RPC message is malformed or refused."""
+
+
+class ControlRequestError(LatticeError):
+    """A control-interface request body is malformed; the message names the field."""
+
+
+class InvocationError(LatticeError):
+    """An RPC ``Invocation`` or ``InvocationResponse`` is malformed or inconsistent."""
+
+
+class AntiForgeryError(InvocationError):
+    """An invocation failed an anti-forgery check.
+
+    ``check`` names the check that failed (``"signature"``, ``"issuer"``, ``"hash"``, …;
+    see :data:`agent.lattice.invocation.ANTI_FORGERY_CHECKS`), so callers and tests can tell
+    the failures apart without parsing the message.
+    """
+
+    def __init__(self, message: str, *, check: str):
+        self.check = check
+        super().__init__(message)
+
+
+class ChunkedInvocationError(InvocationError):
+    """The invocation's body was moved to the JetStream object store ("chunked").
+
+    The agent does not fetch chunked bodies: senders must stay under wasmCloud's chunking
+    threshold (900 KiB).
+    """
