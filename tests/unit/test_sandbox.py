@@ -55,17 +55,17 @@ async def test_host_calls_console_and_guest_errors() -> None:
         assert recorder.calls == [("h", "b", "ns", "op", b"ping")]
         assert (await sb.invoke("h", "log", b"hello")).console == ("hello",)
         assert (await sb.invoke("h", "write", b"one\ntwo")).console == ("one", "two")
-        with pytest.raises(GuestError, match="^unknown operation$"):
+        with pytest.raises(GuestError, match=r"^unknown operation$"):
             await sb.invoke("h", "?", b"")
         recorder.fail = "denied"
-        with pytest.raises(GuestError, match="^denied$"):
+        with pytest.raises(GuestError, match=r"^denied$"):
             await sb.invoke("h", "hostcall", b"ping")
 
 
 async def test_builtin_host_calls_by_default() -> None:
     async with Sandbox(budgets(sandbox_workers=1)) as sb:
         await sb.load("h", guest("hostile"))
-        with pytest.raises(GuestError, match="^no link exists for ns on binding b$"):
+        with pytest.raises(GuestError, match=r"^no link exists for ns on binding b$"):
             await sb.invoke("h", "hostcall", b"")
 
 

@@ -143,7 +143,9 @@ async def test_unbounded_recursion_traps_and_backtraces_are_rate_limited(
     assert len(stderr_lines) < 200  # wasm3 printed thousands of backtrace lines
 
 
-@pytest.mark.parametrize(("operation", "match"), [("unreachable", "unreachable"), ("x", "proc_exit")])
+@pytest.mark.parametrize(
+    ("operation", "match"), [("unreachable", "unreachable"), ("x", "proc_exit")]
+)
 async def test_traps_are_errors(operation: str, match: str) -> None:
     sandbox = await start()
     try:

@@ -93,7 +93,11 @@ async def test_outputs_host_calls_and_console(third_party_dir: Path) -> None:
         assert logs == [
             ("default", "wasmcloud:logging", "WriteLog", entry)
             for entry in (
-                {"target": "LOGGING_ACTORINFO", "level": "info", "text": "Coercing Rust String to str"},
+                {
+                    "target": "LOGGING_ACTORINFO",
+                    "level": "info",
+                    "text": "Coercing Rust String to str",
+                },
                 {"target": "GETLOG", "level": "info", "text": "Received a GET request"},
                 {
                     "target": "LOGGING_ACTORINFO",
@@ -102,9 +106,14 @@ async def test_outputs_host_calls_and_console(third_party_dir: Path) -> None:
                 },
             )
         ]
-        result = await sandbox.invoke("logger", "HandleRequest", pack({**HTTP_GET, "method": "PATCH"}))
+        result = await sandbox.invoke(
+            "logger", "HandleRequest", pack({**HTTP_GET, "method": "PATCH"})
+        )
         entries = [unpack(h.payload) for h in result.host_calls]
-        assert {"level": "error", "text": "Received an unsupported HTTP Request: PATCH"}.items() <= (
+        assert {
+            "level": "error",
+            "text": "Received an unsupported HTTP Request: PATCH",
+        }.items() <= (
             next(e for e in entries if isinstance(e, dict) and e["level"] == "error").items()
         )
         result = await sandbox.invoke("logger", "HealthRequest", pack({"placeholder": True}))
@@ -161,8 +170,7 @@ async def test_default_handler_has_no_links(third_party_dir: Path) -> None:
     async with Sandbox(budgets(sandbox_workers=1), host_call_handler=BuiltinHostCalls()) as sandbox:
         await sandbox.load("logger", (third_party_dir / MODULES["logger"]).read_bytes())
         expected = (
-            "Guest call failed: Host error: no link exists for wasmcloud:logging "
-            "on binding default"
+            "Guest call failed: Host error: no link exists for wasmcloud:logging on binding default"
         )
         with pytest.raises(GuestError) as caught:
             await sandbox.invoke("logger", "HandleRequest", pack(HTTP_GET))
