@@ -37,6 +37,13 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   ├── ActorQuarantined        the actor killed its worker too often
     │   ├── ActorRefError           an actor reference is malformed or cannot be fetched
     │   ├── HostCallError           a host call an actor made has no handler or failed
+    │   │   └── CapabilityError     a built-in capability refused or failed a host call
+    │   │       ├── CapabilityDenied        the actor's claims lack the namespace
+    │   │       ├── UnknownCapability       no built-in capability serves the namespace
+    │   │       ├── UnknownOperation        the capability has no such operation
+    │   │       ├── PayloadError            the payload does not decode to the expected shape
+    │   │       ├── CapabilityTimeout       the backend did not answer in time
+    │   │       └── CapabilityUnavailable   the backend (NATS, JetStream) failed or is full
     │   └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
     └── LatticeError                a lattice subject or message is malformed or refused
         ├── ControlRequestError     a control request body is malformed (names the field)
@@ -213,6 +220,42 @@ class HostCallError(ActorError):
 
 class WorkerProtocolError(ActorError):
     """A sandbox worker sent a frame that is oversized or does not decode."""
+
+
+# --- capabilities ------------------------------------------------------------------
+
+
+class CapabilityError(HostCallError):
+    """A built-in capability (``agent.capabilities``) refused or failed a host call.
+
+    It is a :class:`HostCallError`, so the sandbox hands its message to the guest as the
+    host error without logging a traceback: these are the actor's mistakes or the
+    backend's state, not bugs in the agent.
+    """
+
+
+class CapabilityDenied(CapabilityError):
+    """The actor called a namespace its wascap claims do not list."""
+
+
+class UnknownCapability(CapabilityError):
+    """No built-in capability serves the namespace the actor called."""
+
+
+class UnknownOperation(CapabilityError):
+    """The capability has no operation of that name."""
+
+
+class PayloadError(CapabilityError):
+    """The payload is not msgpack, or not the shape the operation takes."""
+
+
+class CapabilityTimeout(CapabilityError):
+    """The backend did not answer in time (for example a messaging request)."""
+
+
+class CapabilityUnavailable(CapabilityError):
+    """The backend failed: NATS disconnected, JetStream unavailable, bucket full."""
 
 
 # --- lattice -----------------------------------------------------------------------
