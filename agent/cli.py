@@ -199,7 +199,7 @@ def run(config_path: Path | None) -> None:
     if config is None:
         config = embedded_default()
     _setup_logging(config.log_level)
-    host = prepare_host(config, create_keys=embedded)
+    host = prepare_host(config, create_keys=embedded, demo=embedded)
 
     def announce(info: HostInfo) -> None:
         lines = [
@@ -209,6 +209,8 @@ def run(config_path: Path | None) -> None:
             f"  profile       : {info.profile}",
             f"  upstream      : {', '.join(info.upstream) or 'none (standalone)'}",
         ]
+        if host.demo_greeting is not None:
+            lines.append(f"  demo actor    : Greet -> {host.demo_greeting!r}")
         if embedded:
             lines.append(f"  embedded default config; data in {info.data_dir}")
             lines.append("  try: lattice-edge status   (Ctrl-C stops)")

@@ -16,8 +16,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -27,9 +28,14 @@ from agent.errors import LatticeEdgeError, LeafConfigError
 from agent.fsutil import write_atomic
 from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
 from agent.identity.jwt import read_creds
+from agent.lattice.actors import ActorRegistry
+from agent.lattice.hostcalls import HostCallRouter, LinkTable
+from agent.lattice.refs import ModuleCache
 from agent.leaf.binary import NatsServer, find_nats_server
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
+from agent.runtime.sandbox import Sandbox
+from agent.state import DesiredState, StateStore
 from agent.systemd import Notifier
 
 __all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host"]
@@ -73,12 +79,13 @@ class HostInfo:
     version: str = __version__
 
 
-def prepare_host(config: Config, *, create_keys: bool = False) -> Host:
+def prepare_host(config: Config, *, create_keys: bool = False, demo: bool = False) -> Host:
     """Check everything that can be checked before starting anything.
 
     Loads (or, for the embedded default, creates) the host keys, resolves the board,
     reads the upstream credentials and finds nats-server, so each of those problems is
-    reported as one clear error before a process is spawned.
+    reported as one clear error before a process is spawned. ``demo`` starts the demo
+    actor when the host has no actors of its own (the embedded default does that).
     """
     if create_keys:
         keys, created = ensure_host_keys(config.keys_dir)
@@ -95,14 +102,24 @@ def prepare_host(config: Config, *, create_keys: bool = False) -> Host:
             if path is not None and not path.is_file():
                 raise LeafConfigError(f"upstream TLS file {path} does not exist")
     server = find_nats_server(config.leaf.nats_server)
-    return Host(config, keys=keys, board=board, server=server)
+    return Host(config, keys=keys, board=board, server=server, demo=demo)
 
 
 class Host:
     """One running Lattice Edge host: its leaf node and its connection to it."""
 
-    def __init__(self, config: Config, *, keys: HostKeys, board: Board, server: NatsServer):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        keys: HostKeys,
+        board: Board,
+        server: NatsServer,
+        demo: bool = False,
+    ) -> None:
         self.config = config
+        self.demo = demo
+        self.demo_greeting: str | None = None
         self.keys = keys
         self.board = board
         self.server = server
@@ -121,6 +138,9 @@ class Host:
             env={**os.environ, "GOMEMLIMIT": f"{board.budgets.gomemlimit_mb}MiB"},
         )
         self.nats: Any = None  # nats.aio.client.Client once connected
+        self.registry: ActorRegistry | None = None
+        self.links = LinkTable()
+        self.state_store = StateStore(config.host.data_dir / "state.json")
         self._stop = asyncio.Event()
         self._force = False
 
@@ -206,15 +226,21 @@ class Host:
             self.write_leaf_config()
             await self.leaf.start(tasks)
             self.nats = await self._connect()
-            info = self.info()
-            write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
-            self.state = HostState.RUNNING
-            self.notifier.ready(f"serving {info.client_url}")
-            if self.notifier.watchdog_interval:
-                watchdog = tasks.create_task(self._watchdog(self.notifier.watchdog_interval))
-            if on_ready is not None:
-                on_ready(info)
-            await self._stop.wait()
+            async with self._actor_runtime() as registry:
+                await self._restore(registry)
+                info = self.info()
+                write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
+                self.state = HostState.RUNNING
+                self.notifier.ready(f"serving {info.client_url}")
+                if self.notifier.watchdog_interval:
+                    watchdog = tasks.create_task(self._watchdog(self.notifier.watchdog_interval))
+                if on_ready is not None:
+                    on_ready(info)
+                await self._stop.wait()
+                self.state = HostState.STOPPING
+                self.notifier.stopping()
+                logger.info("shutting down")
+                await self._drain()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -256,17 +282,68 @@ class Host:
             await asyncio.sleep(interval)
             self.notifier.watchdog()
 
-    async def _shutdown(self) -> None:
-        if self.state in (HostState.STOPPING, HostState.STOPPED):
-            return
-        self.state = HostState.STOPPING
-        self.notifier.stopping()
-        logger.info("shutting down")
+    @contextlib.asynccontextmanager
+    async def _actor_runtime(self) -> AsyncIterator[ActorRegistry]:
+        """The sandbox and the actor registry; leaving it stops every actor."""
+        budgets = self.board.budgets
+
+        def caps_of(actor_id: str) -> tuple[str, ...] | None:
+            actor = self.registry.get(actor_id) if self.registry else None
+            return actor.caps if actor is not None else None
+
+        router = HostCallRouter(caps_of, self.links)
+        async with Sandbox(budgets, host_call_handler=router, on_quarantine=_quarantined) as box:
+            self.registry = ActorRegistry(
+                box,
+                ModuleCache(self.config.host.data_dir / "modules"),
+                trusted_issuers=self.config.trust.trusted_issuers,
+                allow_unsigned=self.config.trust.allow_unsigned,
+                max_pages=budgets.actor_memory_pages,
+                nats_client=self.nats,
+            )
+            try:
+                yield self.registry
+            finally:
+                await self.registry.stop_all()
+                self.registry = None
+
+    async def _restore(self, registry: ActorRegistry) -> None:
+        """Bring back the saved actors and links; start the demo actor if asked to."""
+        desired = self.state_store.load()
+        for link in desired.links:
+            self.links.put(link)
+        for wanted in desired.actors:
+            try:
+                await registry.start(
+                    wanted.actor_ref,
+                    wanted.count,
+                    wanted.annotations,
+                    cached_sha256=wanted.module_sha256,
+                )
+            except LatticeEdgeError as exc:
+                logger.error("cannot restore actor %s: %s", wanted.actor_id, exc)
+        if self.demo and not desired.actors:
+            demo = await registry.start(f"file://{demo_actor_path()}")
+            answer = await registry.invoke(demo.actor_id, "Greet", self.config.host.name.encode())
+            self.demo_greeting = answer.response.decode("utf-8", "replace")
+        self.save_state()
+
+    def save_state(self) -> None:
+        """Persist the actors and links that should come back after a restart."""
+        actors = self.registry.desired() if self.registry is not None else ()
+        self.state_store.save(DesiredState(actors, self.links.all()))
+
+    async def _drain(self) -> None:
         if self.nats is not None and not self._force:
             try:
                 await asyncio.wait_for(self.nats.drain(), DRAIN_TIMEOUT_S)
             except Exception as exc:  # nats-py raises several unrelated types on close
                 logger.warning("draining the NATS connection failed: %s", exc)
+
+    async def _shutdown(self) -> None:
+        if self.state is HostState.STOPPED:
+            return
+        self.state = HostState.STOPPING
         if self.nats is not None and not self.nats.is_closed:
             with contextlib.suppress(Exception):
                 await self.nats.close()
@@ -275,6 +352,17 @@ class Host:
             (self.config.run_dir / STATE_FILE).unlink()
         self.state = HostState.STOPPED
         logger.info("stopped")
+
+
+def _quarantined(actor_id: str, reason: str) -> None:
+    logger.error("actor %s quarantined: %s", actor_id, reason)
+
+
+def demo_actor_path() -> Path:
+    """Where the installed demo actor module lives."""
+    from importlib import resources
+
+    return Path(str(resources.files("agent.runtime.demo").joinpath("echo.wasm")))
 
 
 def _first_of_ours(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -104,10 +104,10 @@ class HostCallRouter:
         self._builtins = BuiltinHostCalls()
 
     async def __call__(
-        self, sandbox_key: str, binding: str, namespace: str, operation: str, payload: bytes
+        self, actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
     ) -> bytes:
-        """Serve one host call from the actor instance ``sandbox_key``."""
-        actor_id = actor_of(sandbox_key)
+        """Serve one host call from an actor instance (``actor_id`` is its sandbox key)."""
+        actor_id = actor_of(actor_id)
         caps = self._caps_of(actor_id)
         if caps is None:
             raise HostCallError(f"actor {actor_id} is not running on this host")
