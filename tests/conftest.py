@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lattice_testing import AgentProcess, Hub, free_port
+from lattice_testing import AgentProcess, Hub, NatsServerProcess, free_port, start_nats_server
 
 from agent.leaf.binary import NatsServer, find_nats_server
 
@@ -65,3 +65,13 @@ def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
 def ports() -> dict[str, int]:
     """A fresh client and monitoring port for one agent."""
     return {"client": free_port(), "monitor": free_port()}
+
+
+@pytest.fixture(scope="module")
+def jetstream_server(
+    tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer
+) -> Iterator[NatsServerProcess]:
+    """A JetStream-enabled nats-server on a free loopback port, shared by one test module
+    (tests isolate themselves with their own buckets and subjects)."""
+    with start_nats_server(tmp_path_factory.mktemp("nats"), nats_server.path) as server:
+        yield server

@@ -123,12 +123,14 @@ class KeyValueCapability:
             )
         where = f"{KEYVALUE} {_INTERFACE}.{name}"
         try:
-            return encode(await handler(payload, where))
+            result = await handler(payload, where)
         except CapabilityError as exc:
             if str(exc).startswith(where):
                 raise
             # Storage errors do not know the operation; the guest should see it.
             raise type(exc)(f"{where}: {exc}") from exc
+        # An operation without output (Set) answers with no bytes, not an encoded nil.
+        return b"" if result is None else encode(result)
 
     # --- inputs ------------------------------------------------------------------
 
@@ -156,14 +158,13 @@ class KeyValueCapability:
             return {"value": "", "exists": False}
         return {"value": _expect(value, "string", key).text, "exists": True}
 
-    async def _set(self, payload: bytes, where: str) -> bytes:
+    async def _set(self, payload: bytes, where: str) -> None:
         args = decode_struct(payload, where)
         key = self._struct_key(args, "key", where)
         text = args.string("value")
         expires = args.integer("expires", 0, U32_MAX, 0)
         deadline = now_ms() + expires * 1000 if expires else 0
         await self._bucket.put(key, Stored("string", text, expires_at_ms=deadline))
-        return b""  # Set has no output: the response is empty, not an encoded nil
 
     async def _del(self, payload: bytes, where: str) -> bool:
         key = self._string_input(payload, where, "key")

@@ -223,7 +223,7 @@ class Bucket:
             try:
                 return await js.create_key_value(config)
             except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
+                if getattr(exc, "err_code", None) != _STREAM_NAME_IN_USE:
                     raise
                 # Created meanwhile by someone else, with other limits: use theirs.
                 return await js.key_value(s.bucket)
@@ -309,9 +309,7 @@ class Bucket:
                 try:
                     await self._write(name, revision, payload)
                 except nats.js.errors.APIError as exc:
-                    if exc.err_code not in _WRONG_LAST_SEQUENCE and not isinstance(
-                        exc, nats.js.errors.KeyWrongLastSequenceError
-                    ):
+                    if not _wrong_last_sequence(exc):
                         raise
                     await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
                     continue
@@ -346,6 +344,15 @@ class Bucket:
         return data
 
 
+def _wrong_last_sequence(exc: BaseException) -> bool:
+    """True for the JetStream error of a compare-and-set that lost the race."""
+    import nats.js.errors
+
+    return isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) or (
+        getattr(exc, "err_code", None) in _WRONG_LAST_SEQUENCE
+    )
+
+
 @contextlib.contextmanager
 def map_js_errors(bucket: str) -> Iterator[None]:
     """Turn nats-py JetStream errors into capability errors naming the bucket.
@@ -357,16 +364,18 @@ def map_js_errors(bucket: str) -> Iterator[None]:
 
     try:
         yield
-    except (CapabilityError, nats.js.errors.KeyWrongLastSequenceError):
+    except CapabilityError:
         raise
     except nats.js.errors.APIError as exc:
-        if exc.err_code in _WRONG_LAST_SEQUENCE:
+        # nats-py's KV errors skip APIError.__init__: err_code may not exist at all.
+        code = getattr(exc, "err_code", None)
+        if _wrong_last_sequence(exc):
             raise
-        if exc.err_code == _MAX_BYTES_EXCEEDED:
+        if code == _MAX_BYTES_EXCEEDED:
             raise CapabilityUnavailable(f"the keyvalue store (bucket {bucket}) is full") from exc
-        if exc.err_code == _MESSAGE_TOO_LARGE:
+        if code == _MESSAGE_TOO_LARGE:
             raise CapabilityError(f"the value is larger than bucket {bucket} accepts") from exc
-        reason = exc.description or type(exc).__name__
+        reason = getattr(exc, "description", None) or type(exc).__name__
         raise CapabilityUnavailable(
             f"JetStream refused the operation on bucket {bucket}: {reason}"
         ) from exc
