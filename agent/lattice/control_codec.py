@@ -284,7 +284,11 @@ def parse_update_actor(body: bytes) -> UpdateActor:
 def parse_stop_host(body: bytes) -> StopHost:
     """Parse ``stop`` (``{timeout?, host_id?}``); an empty body means all defaults."""
     what = "stop host"
-    if isinstance(body, bytes | bytearray | memoryview) and not bytes(body).strip():
+    if (
+        isinstance(body, bytes | bytearray | memoryview)
+        and len(body) <= MAX_REQUEST_BYTES
+        and not bytes(body).strip()
+    ):
         return StopHost()  # wash sends a body, but nothing in it is required
     m = _object(body, what)
     value = m.get("timeout")
