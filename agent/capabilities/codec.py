@@ -62,14 +62,20 @@ def decode(payload: bytes, where: str) -> Any:
         raise PayloadError(f"{where}: the payload is empty, expected msgpack")
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except msgpack.ExtraData:
-        raise PayloadError(f"{where}: the payload has bytes after its msgpack value") from None
-    except UnicodeDecodeError:
-        raise PayloadError(f"{where}: the payload has a string that is not UTF-8") from None
+    except msgpack.ExtraData as exc:
+        raise PayloadError(f"{where}: the payload has bytes after its msgpack value") from exc
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{where}: the payload has a string that is not UTF-8") from exc
+    except msgpack.OutOfData as exc:
+        raise PayloadError(f"{where}: the payload is truncated msgpack") from exc
+    except msgpack.StackError as exc:
+        raise PayloadError(f"{where}: the payload is nested too deeply") from exc
+    except msgpack.FormatError as exc:
+        raise PayloadError(f"{where}: the payload uses a byte msgpack reserves") from exc
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        # msgpack reports truncation, bad type bytes, non-string map keys and nesting too
-        # deep as ValueError subclasses; the text names the problem well enough.
-        raise PayloadError(f"{where}: the payload is not valid msgpack ({exc})") from None
+        # Bad type bytes, non-string map keys, reserved codes: msgpack's text says which.
+        detail = str(exc) or type(exc).__name__
+        raise PayloadError(f"{where}: the payload is not valid msgpack ({detail})") from exc
 
 
 def encode(value: Any) -> bytes:
