@@ -4,6 +4,7 @@ subject checks."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -113,13 +114,14 @@ def test_struct_fields() -> None:
     assert struct.blob("s") == b"x"  # serde_bytes also reads a str
     assert struct.optional_string("z") is None
     assert struct.string("missing", "d") == "d"
-    for call, message in [
+    checks: list[tuple[Callable[[Struct], object], str]] = [
         (lambda s: s.integer("t", 0, 9), "must be an integer, got a boolean"),
         (lambda s: s.integer("n", 0, 4), "is 5, outside"),
         (lambda s: s.string("b"), "must be a string, got bin"),
         (lambda s: s.string("z"), "missing field 'z'"),
         (lambda s: s.string_list("s"), "must be a list of strings"),
-    ]:
+    ]
+    for call, message in checks:
         with pytest.raises(PayloadError, match=message):
             call(struct)
     assert isinstance(struct, Struct)
