@@ -237,14 +237,16 @@ class Bucket:
         return lock
 
     async def _with_bucket(self, action: Callable[[KeyValue], Awaitable[T]]) -> T:
+        import nats.errors
         import nats.js.errors
 
         kv = await self.open()
         with map_js_errors(self.settings.bucket):
             try:
                 return await action(kv)
-            except nats.js.errors.NoStreamResponseError:
-                # The stream behind the bucket is gone: bind or create it again, once.
+            except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
+                # The stream behind the bucket is gone (writes get no stream response,
+                # direct gets no responders): bind or create it again, once.
                 self._kv = None
                 kv = await self.open()
                 return await action(kv)

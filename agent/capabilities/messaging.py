@@ -174,17 +174,17 @@ def _map_nats_errors(where: str, subject: str, timeout: float | None = None) -> 
 
     try:
         yield
-    except nats.errors.NoRespondersError:
-        raise CapabilityUnavailable(f"{where}: no responders on subject {subject!r}") from None
-    except nats.errors.TimeoutError:
+    except nats.errors.NoRespondersError as exc:
+        raise CapabilityUnavailable(f"{where}: no responders on subject {subject!r}") from exc
+    except nats.errors.TimeoutError as exc:
         if timeout is None:
             raise CapabilityTimeout(
                 f"{where}: the local NATS server did not confirm the publish to {subject!r}"
-            ) from None
+            ) from exc
         raise CapabilityTimeout(
             f"{where}: request to {subject!r} timed out after {round(timeout * 1000)} ms"
-        ) from None
+        ) from exc
     except nats.errors.MaxPayloadError as exc:
-        raise PayloadError(f"{where}: body too large for NATS ({exc})") from None
+        raise PayloadError(f"{where}: body too large for NATS ({exc})") from exc
     except nats.errors.Error as exc:
         raise CapabilityUnavailable(f"{where}: local NATS unavailable ({exc})") from exc

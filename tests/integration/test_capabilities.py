@@ -337,6 +337,19 @@ async def test_bucket_recreated_while_running(nc: Client, kv: KeyValueCapability
     assert await op(kv, "KeyValue.ListAdd", {"listName": "l", "value": "x"}) == 1
 
 
+async def test_bucket_with_direct_get_recreated_without(nc: Client, kv: KeyValueCapability) -> None:
+    # Bound to a bucket that serves direct gets; its replacement does not, so our next
+    # direct get finds no responders and must rebind instead of failing.
+    js = nc.jetstream()
+    await js.create_key_value(bucket=kv.settings.bucket, history=1, direct=True)
+    await op(kv, "KeyValue.Set", {"key": "k", "value": "v", "expires": 0})
+    assert await op(kv, "KeyValue.Get", "k") == {"value": "v", "exists": True}
+    await js.delete_key_value(kv.settings.bucket)
+    await js.create_key_value(bucket=kv.settings.bucket, history=1, direct=False)
+    assert await op(kv, "KeyValue.Get", "k") == {"value": "", "exists": False}
+    assert await op(kv, "KeyValue.SetAdd", {"setName": "s", "value": "m"}) == 1
+
+
 async def test_full_bucket_and_big_values(nc: Client, bucket_name: str) -> None:
     small = KeyValueSettings(bucket=bucket_name, storage="memory", max_bytes=4096,
                              max_value_bytes=1024, max_items=3)  # fmt: skip
