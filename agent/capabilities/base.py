@@ -25,9 +25,14 @@ __all__ = ["Capabilities", "Capability", "HostCallFunc", "operation_name"]
 
 log = logging.getLogger(__name__)
 
-HostCallFunc = Callable[[str, str, str, str, bytes], Awaitable[bytes]]
-"""``(actor_id, binding, namespace, operation, payload) -> response``: the shape of the
-sandbox's host-call handler, so a registry can be plugged in front of it."""
+
+class HostCallFunc(Protocol):
+    """A host-call handler, structurally the sandbox's ``HostCallHandler``, so a registry
+    can sit in front of it without this package importing the runtime."""
+
+    def __call__(
+        self, actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
+    ) -> Awaitable[bytes]: ...
 
 
 class Capability(Protocol):

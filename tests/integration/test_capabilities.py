@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -424,8 +425,10 @@ async def test_registry_enforces_claims(
 async def test_registry_as_host_call_handler(kv: KeyValueCapability) -> None:
     seen: list[tuple[str, ...]] = []
 
-    async def fallback(actor: str, binding: str, ns: str, operation: str, payload: bytes) -> bytes:
-        seen.append((actor, binding, ns, operation))
+    async def fallback(
+        actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
+    ) -> bytes:
+        seen.append((actor_id, binding, namespace, operation))
         return b"fallback"
 
     handler = Capabilities([kv]).host_call_handler(lambda actor: [KEYVALUE], fallback)
@@ -499,3 +502,49 @@ async def test_hostile_messaging_payloads(nc: Client, operation: str, payload: b
         await capability.handle(ACTOR, operation, payload)
     except CapabilityError as exc:
         assert str(exc).startswith(f"wasmcloud:messaging {operation}: "), str(exc)
+
+
+# --- a real third-party actor, end to end ------------------------------------------------
+
+
+async def test_echo_actor_publishes_through_the_capability(
+    nc: Client,
+    messaging: MessagingCapability,
+    third_party_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """echo_messaging (wasmCloud/wascap fixture) answers a message by host-calling
+    Messaging.Publish to its replyTo; that publish must reach a real NATS subscriber."""
+    from agent.runtime.builtins import BuiltinHostCalls
+    from agent.runtime.sandbox import Sandbox
+    from profiles import load_profile
+
+    budgets = load_profile("generic-x86_64").budgets.replace(
+        sandbox_workers=1, invocation_deadline_s=10.0, worker_memory_limit_mb=384
+    )
+    claims = {"echo": [MESSAGING, "wasmcloud:builtin:logging"], "mute": []}
+    handler = Capabilities([messaging]).host_call_handler(
+        lambda actor: claims[actor], BuiltinHostCalls()
+    )
+    inbox = f"_INBOX.edge.{uuid.uuid4().hex}"
+    sub = await nc.subscribe(inbox)
+    wasm = (third_party_dir / "echo_messaging_v0.9.0.wasm").read_bytes()
+    message = pack({"subject": "echo.in", "replyTo": inbox, "body": b"hello"})
+    async with Sandbox(budgets, host_call_handler=handler) as sandbox:
+        await sandbox.load("echo", wasm)
+        await sandbox.load("mute", wasm)
+        result = await sandbox.invoke("echo", "MessageSubscriber.HandleMessage", message)
+        assert result.response == b""
+        received = await sub.next_msg(timeout=5)
+        assert received.data == b"reply: hello"
+        # Without the messaging claim the publish is refused and nothing is sent; the
+        # actor sees the host error and logs it through wasmcloud:builtin:logging.
+        result = await sandbox.invoke("mute", "MessageSubscriber.HandleMessage", message)
+        (call,) = [call for call in result.host_calls if call.namespace == MESSAGING]
+        assert call.error is not None
+        assert call.error.endswith(
+            "is not allowed to use wasmcloud:messaging: missing capability claim"
+        )
+        assert "actor mute is not allowed to use wasmcloud:messaging" in caplog.text
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.2)
