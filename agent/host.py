@@ -23,6 +23,7 @@ from typing import Any
 
 from agent import __version__
 from agent.boards import Board, resolve_board
+from agent.capabilities.base import Capabilities
 from agent.config import Config
 from agent.errors import LatticeEdgeError, LeafConfigError
 from agent.fsutil import write_atomic
@@ -291,7 +292,7 @@ class Host:
             actor = self.registry.get(actor_id) if self.registry else None
             return actor.caps if actor is not None else None
 
-        router = HostCallRouter(caps_of, self.links)
+        router = HostCallRouter(caps_of, self.links, capabilities=await self._capabilities())
         async with Sandbox(budgets, host_call_handler=router, on_quarantine=_quarantined) as box:
             self.registry = ActorRegistry(
                 box,
@@ -306,6 +307,21 @@ class Host:
             finally:
                 await self.registry.stop_all()
                 self.registry = None
+
+    async def _capabilities(self) -> Capabilities:
+        """The capabilities the device serves itself, on its local leaf node."""
+        from agent.capabilities import KeyValueCapability, MessagingCapability
+
+        served = Capabilities([MessagingCapability(self.nats)])
+        if self.config.leaf.jetstream:
+            keyvalue = KeyValueCapability(self.nats)
+            try:
+                await keyvalue.open()
+            except LatticeEdgeError as exc:
+                logger.error("wasmcloud:keyvalue is unavailable: %s", exc)
+            else:
+                served.register(keyvalue)
+        return served
 
     async def _restore(self, registry: ActorRegistry) -> None:
         """Bring back the saved actors and links; start the demo actor if asked to."""

@@ -32,7 +32,7 @@ __all__ = ["CapabilityServer", "HostCallRouter", "LatticeCaller", "LinkTable"]
 class CapabilityServer(Protocol):
     """Capabilities the device serves itself (``agent.capabilities``)."""
 
-    def serves(self, contract_id: str) -> bool:
+    def __contains__(self, contract_id: object) -> bool:
         """True when ``contract_id`` is served in-host."""
         ...
 
@@ -124,7 +124,7 @@ class HostCallRouter:
             if self._lattice is None:
                 raise HostCallError("linked providers need a lattice connection")
             return await self._lattice.call_provider(actor_id, link, operation, payload)
-        if self._capabilities is not None and self._capabilities.serves(namespace):
+        if self._capabilities is not None and namespace in self._capabilities:
             self._require(actor_id, caps, namespace)
             return await self._capabilities.call(
                 actor_id, caps, binding, namespace, operation, payload
