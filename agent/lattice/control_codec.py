@@ -99,7 +99,18 @@ def _str(m: dict[str, Any], key: str, what: str, *, default: str | None = None) 
         raise ControlRequestError(f"{what}: '{key}' must be a string, not {_kind(value)}")
     if len(value) > MAX_STRING:
         raise ControlRequestError(f"{what}: '{key}' is longer than {MAX_STRING} characters")
+    if not _is_unicode(value):
+        raise ControlRequestError(f"{what}: '{key}' holds an unpaired surrogate escape")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for strings with lone surrogates (JSON ``"\\ud800"``): they cannot be re-encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _nonempty(m: dict[str, Any], key: str, what: str, *, default: str | None = None) -> str:
@@ -141,6 +152,8 @@ def _str_map(m: dict[str, Any], key: str, what: str) -> dict[str, str]:
             raise ControlRequestError(f"{what}: '{key}.{k}' must be a string, not {_kind(v)}")
         if len(k) > MAX_STRING or len(v) > MAX_VALUE:
             raise ControlRequestError(f"{what}: an entry of '{key}' is too long")
+        if not (_is_unicode(k) and _is_unicode(v)):
+            raise ControlRequestError(f"{what}: an entry of '{key}' holds an unpaired surrogate")
     return dict(value)
 
 
@@ -339,8 +352,8 @@ def parse_linkdef_del(body: bytes) -> LinkDelete:
 
 
 def encode_json(obj: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON of a reply or event."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON of a reply or event; ASCII with escapes, so any str can be encoded."""
+    return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def ack(accepted: bool = True, error: str = "") -> dict[str, Any]:

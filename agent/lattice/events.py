@@ -64,7 +64,7 @@ def cloud_event(
     seconds) defaults to the current time and ``event_id`` to a fresh uuid4.
     """
     name = event_type.removeprefix(EVENT_TYPE_PREFIX)
-    if not name or not all(c.isalnum() or c == "_" for c in name):
+    if not name or not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
         raise LatticeError(f"'{event_type}' is not a lattice event name")
     moment = datetime.now(UTC).timestamp() if now is None else now
     return {

@@ -197,6 +197,10 @@ def _str(
         raise InvocationError(f"'{name}' must be a string, not {_kind(value)}")
     if len(value) > max_chars:
         raise InvocationError(f"'{name}' is longer than {max_chars} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates cannot go on the wire
+        raise InvocationError(f"'{name}' is not valid Unicode") from None
     return value
 
 
@@ -240,6 +244,8 @@ def _trace(m: dict[Any, Any]) -> dict[str, str]:
             raise InvocationError("'traceContext' must map strings to strings")
         if len(k) > MAX_FIELD_CHARS or len(v) > MAX_FIELD_CHARS:
             raise InvocationError(f"a 'traceContext' entry is longer than {MAX_FIELD_CHARS}")
+        _str({"k": k, "v": v}, "k", "traceContext")
+        _str({"k": k, "v": v}, "v", "traceContext")
     return dict(value)
 
 

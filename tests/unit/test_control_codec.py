@@ -143,6 +143,17 @@ def test_errors_name_the_field(parse: Callable[[bytes], object], obj: Any, field
         parse(body(obj))
 
 
+def test_lone_surrogates_are_refused() -> None:
+    with pytest.raises(ControlRequestError, match="'actor_ref'"):
+        cc.parse_start_actor(b'{"actor_ref": "\\ud800"}')
+    with pytest.raises(ControlRequestError, match="'constraints'"):
+        cc.parse_actor_auction(b'{"actor_ref": "r", "constraints": {"\\udfff": "x"}}')
+    # a proper pair is fine, and replies stay ASCII
+    auction = cc.parse_actor_auction(b'{"actor_ref": "\\ud83d\\ude00", "constraints": {}}')
+    assert auction.actor_ref == "\U0001f600"
+    assert cc.encode_json(cc.auction_reply(auction, "N")).isascii()
+
+
 def test_too_many_or_too_long_entries() -> None:
     many = {str(i): "v" for i in range(cc.MAX_ENTRIES + 1)}
     with pytest.raises(ControlRequestError, match="entries"):

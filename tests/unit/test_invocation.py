@@ -216,6 +216,15 @@ def test_response_from_a_rust_host_decodes() -> None:
     assert InvocationResponse.decode(chunked).is_chunked
 
 
+def test_new_invocation_refuses_unencodable_fields() -> None:
+    target = WasmCloudEntity.actor(ACTOR)
+    with pytest.raises(InvocationError, match="'operation'"):
+        new_invocation(PROVIDER, target, "Op\ud800", b"", cluster_key=CLUSTER, host_id="N")
+    with pytest.raises(InvocationError, match="'msg'"):
+        text: Any = "text"
+        new_invocation(PROVIDER, target, "Op", text, cluster_key=CLUSTER, host_id="N")
+
+
 def test_new_invocation_requires_a_cluster_key() -> None:
     with pytest.raises(InvocationError, match="cluster"):
         new_invocation(
