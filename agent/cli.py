@@ -563,6 +563,115 @@ def actor_call(
     sys.stdout.buffer.flush()
 
 
+@actor.command("start")
+@click.argument("actor_ref")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True)
+@config_option
+def actor_start(actor_ref: str, count: int, config_path: Path | None) -> None:
+    """Start an actor on the local host through the lattice; print its key."""
+    from agent.lattice.client import connect
+
+    config, host_id = _local_host(config_path)
+
+    async def go() -> dict[str, Any]:
+        async with connect(f"nats://{config.leaf.listen}") as client:
+            client.lattice = config.host.lattice
+            return await client.start_actor(host_id, actor_ref, count)
+
+    started = asyncio.run(go())
+    click.echo(started["public_key"])
+
+
+@actor.command("stop")
+@click.argument("actor_key")
+@config_option
+def actor_stop(actor_key: str, config_path: Path | None) -> None:
+    """Stop every instance of an actor on the local host."""
+    from agent.lattice.client import connect
+
+    config, host_id = _local_host(config_path)
+
+    async def go() -> None:
+        async with connect(f"nats://{config.leaf.listen}") as client:
+            client.lattice = config.host.lattice
+            await client.stop_actor(host_id, actor_key)
+
+    asyncio.run(go())
+    click.echo(f"stopped {actor_key}", err=True)
+
+
+@actor.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the host inventory as JSON.")
+@config_option
+def actor_list(as_json: bool, config_path: Path | None) -> None:
+    """List the actors the local host runs (its lattice inventory)."""
+    from agent.lattice.client import connect
+
+    config, host_id = _local_host(config_path)
+
+    async def go() -> dict[str, Any]:
+        async with connect(f"nats://{config.leaf.listen}") as client:
+            client.lattice = config.host.lattice
+            return await client.inventory(host_id)
+
+    inventory = asyncio.run(go())
+    if as_json:
+        click.echo(json.dumps(inventory, indent=2))
+        return
+    for entry in inventory.get("actors", []):
+        instances = entry.get("instances", [])
+        click.echo(
+            f"{entry['id']}  {entry.get('name', '')}  x{len(instances)}  {entry['image_ref']}"
+        )
+
+
+@actor.command("invoke")
+@click.argument("actor_key")
+@click.argument("operation")
+@click.argument("payload", required=False, default="")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True)
+@config_option
+def actor_invoke(
+    actor_key: str, operation: str, payload: str, timeout: float, config_path: Path | None
+) -> None:
+    """Invoke a running actor over the lattice (signed with this host's cluster key)."""
+    from agent.identity.host import load_host_keys
+    from agent.lattice.client import connect
+
+    config, host_id = _local_host(config_path)
+    cluster_key = load_host_keys(config.keys_dir).cluster
+    body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
+
+    async def go() -> bytes:
+        async with connect(f"nats://{config.leaf.listen}") as client:
+            client.lattice = config.host.lattice
+            reply = await client.invoke(
+                actor_key, operation, body, cluster_key=cluster_key, host_id=host_id,
+                timeout=timeout,
+            )  # fmt: skip
+            return reply.response
+
+    sys.stdout.buffer.write(asyncio.run(go()))
+    sys.stdout.buffer.flush()
+
+
+def _local_host(config_path: Path | None) -> tuple[Config, str]:
+    """The config of the host on this device and its id."""
+    from agent.identity.host import load_host_keys
+
+    config = _load(config_path) or embedded_default()
+    return config, load_host_keys(config.keys_dir).host_id
+
+
+@cli.command()
+def demo() -> None:
+    """Run the tour: start a host, ping it, start and invoke an actor, stop it."""
+    from agent.demo import run_demo
+
+    _setup_logging("warning")
+    asyncio.run(run_demo(click.echo))
+
+
 # --- entry point -----------------------------------------------------------------------
 
 

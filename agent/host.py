@@ -30,11 +30,14 @@ from agent.fsutil import write_atomic
 from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
 from agent.identity.jwt import read_creds
 from agent.lattice.actors import ActorRegistry
+from agent.lattice.control import ControlServer, HostFacts, host_labels
 from agent.lattice.hostcalls import HostCallRouter, LinkTable
 from agent.lattice.refs import ModuleCache
+from agent.lattice.rpc import LatticeRpcClient, RpcServer
 from agent.leaf.binary import NatsServer, find_nats_server
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
+from agent.resources import device_resources
 from agent.runtime.sandbox import Sandbox
 from agent.state import DesiredState, StateStore
 from agent.systemd import Notifier
@@ -140,6 +143,8 @@ class Host:
         )
         self.nats: Any = None  # nats.aio.client.Client once connected
         self.registry: ActorRegistry | None = None
+        self.control: ControlServer | None = None
+        self.rpc: RpcServer | None = None
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self._stop = asyncio.Event()
@@ -229,6 +234,7 @@ class Host:
             self.nats = await self._connect()
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
+                await self._start_lattice(tasks, registry)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
                 self.state = HostState.RUNNING
@@ -241,6 +247,7 @@ class Host:
                 self.state = HostState.STOPPING
                 self.notifier.stopping()
                 logger.info("shutting down")
+                await self._stop_lattice()
                 await self._drain()
         finally:
             if watchdog is not None:
@@ -292,7 +299,15 @@ class Host:
             actor = self.registry.get(actor_id) if self.registry else None
             return actor.caps if actor is not None else None
 
-        router = HostCallRouter(caps_of, self.links, capabilities=await self._capabilities())
+        caller = LatticeRpcClient(
+            self.nats,
+            lattice=self.config.host.lattice,
+            host_id=self.keys.host_id,
+            cluster_key=self.keys.cluster,
+        )
+        router = HostCallRouter(
+            caps_of, self.links, capabilities=await self._capabilities(), lattice=caller
+        )
         async with Sandbox(budgets, host_call_handler=router, on_quarantine=_quarantined) as box:
             self.registry = ActorRegistry(
                 box,
@@ -307,6 +322,61 @@ class Host:
             finally:
                 await self.registry.stop_all()
                 self.registry = None
+
+    @property
+    def cluster_issuers(self) -> tuple[str, ...]:
+        """Keys whose invocations this host accepts: the configured ones and its own."""
+        own = self.keys.cluster.public_key
+        return tuple(dict.fromkeys([own, *self.config.trust.cluster_issuers]))
+
+    async def _start_lattice(self, tasks: asyncio.TaskGroup, registry: ActorRegistry) -> None:
+        """Serve the control interface and actor RPC; announce the host."""
+        board = self.board
+        model = board.detection.model if board.detection else None
+        facts = HostFacts(
+            host_id=self.keys.host_id,
+            cluster_key=self.keys.cluster.public_key,
+            cluster_issuers=self.cluster_issuers,
+            lattice=self.config.host.lattice,
+            friendly_name=self.config.host.name,
+            labels=host_labels(board.profile.name, model, self.config.host.labels),
+            js_domain=self.jetstream_domain if self.config.leaf.jetstream else None,
+            client_url=self.client_url,
+        )
+        data_dir = self.config.host.data_dir
+        self.control = ControlServer(
+            self.nats,
+            facts,
+            registry,
+            self.links,
+            tasks=tasks,
+            on_change=self._changed,
+            on_stop=self.request_stop,
+            resources=lambda: device_resources(data_dir),
+        )
+        self.rpc = RpcServer(
+            self.nats,
+            registry,
+            lattice=self.config.host.lattice,
+            host_id=self.keys.host_id,
+            cluster_issuers=self.cluster_issuers,
+            tasks=tasks,
+            emit_rpc_event=self.control.emit_rpc,
+        )
+        await self.rpc.sync()
+        await self.control.start(board.budgets.heartbeat_interval_s)
+
+    async def _changed(self) -> None:
+        """Actors or links changed: persist the desired state and follow with RPC."""
+        self.save_state()
+        if self.rpc is not None:
+            await self.rpc.sync()
+
+    async def _stop_lattice(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+        if self.rpc is not None:
+            await self.rpc.close()
 
     async def _capabilities(self) -> Capabilities:
         """The capabilities the device serves itself, on its local leaf node."""

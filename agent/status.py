@@ -12,6 +12,7 @@ from typing import Any
 from agent.config import Config
 from agent.host import STATE_FILE
 from agent.leaf.monitor import MonitorError, get_json
+from agent.resources import device_resources
 
 __all__ = ["gather_status"]
 
@@ -63,28 +64,6 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
     return result
 
 
-def _device_status(data_dir: Path) -> dict[str, Any]:
-    import psutil
-
-    memory = psutil.virtual_memory()
-    device: dict[str, Any] = {
-        "memory_total_mb": memory.total // 2**20,
-        "memory_available_mb": memory.available // 2**20,
-        "memory_percent": memory.percent,
-        "cpu_percent": psutil.cpu_percent(interval=0.2),
-        "load_average": list(os.getloadavg()),
-    }
-    probe = data_dir if data_dir.exists() else Path("/")
-    disk = psutil.disk_usage(str(probe))
-    device["disk_free_mb"] = disk.free // 2**20
-    device["disk_percent"] = disk.percent
-    sensors = getattr(psutil, "sensors_temperatures", None)  # absent on some platforms
-    temperatures: dict[str, list[Any]] = sensors() if sensors else {}
-    readings = [t.current for entries in temperatures.values() for t in entries if t.current]
-    device["temperature_c"] = max(readings) if readings else None
-    return device
-
-
 async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict."""
     state = _read_state(config.run_dir / STATE_FILE)
@@ -105,5 +84,5 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
             "connected": bool(leaf.get("upstream_links")),
         },
         "profile": state.get("profile") if agent_up and state else profile_name,
-        "device": _device_status(config.host.data_dir),
+        "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

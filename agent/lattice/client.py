@@ -1,0 +1,215 @@
+"""A lattice control client: what ``lattice-edge actor …`` and ``demo`` speak.
+
+It talks to hosts only through the lattice (control subjects, events, RPC), exactly as a
+cloud-side operator would, so the CLI on a device shows what the cloud sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import AgentStateError, LatticeEdgeError
+from agent.identity.keys import KeyPair
+from agent.lattice import subjects
+from agent.lattice.invocation import (
+    InvocationResponse,
+    WasmCloudEntity,
+    new_invocation,
+)
+
+__all__ = ["CallReply", "LatticeClient", "connect"]
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallReply:
+    """An actor's answer to an invocation, and how long the round trip took."""
+
+    response: bytes
+    seconds: float
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, *, creds: str | None = None) -> AsyncIterator[LatticeClient]:
+    """Connect to a NATS server (a host's local port, or the cloud) for lattice control."""
+    import nats
+    import nats.errors
+
+    try:
+        client = await nats.connect(
+            servers=[url], user_credentials=creds, connect_timeout=3, max_reconnect_attempts=2,
+            allow_reconnect=False,
+        )  # fmt: skip
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc
+    try:
+        yield LatticeClient(client)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+class LatticeClient:
+    """Control requests, event waits and invocations over one NATS connection."""
+
+    def __init__(self, nats_client: Any, lattice: str = "default") -> None:
+        self.nats = nats_client
+        self.lattice = lattice
+
+    async def request(self, subject: str, body: dict[str, Any] | None = None, *,
+                      timeout: float = DEFAULT_TIMEOUT_S) -> Any:  # fmt: skip
+        """One JSON request/reply."""
+        import nats.errors
+
+        payload = json.dumps(body or {}).encode()
+        try:
+            reply = await self.nats.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise AgentStateError(f"no host answers on {subject}; is the agent running?") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AgentStateError(f"no answer on {subject}: {exc or 'timed out'}") from exc
+        try:
+            return json.loads(reply.data)
+        except ValueError as exc:
+            raise AgentStateError(f"the reply on {subject} is not JSON") from exc
+
+    async def ping(self, *, wait: float = 1.0) -> list[dict[str, Any]]:
+        """Every host that answers ``ping.hosts`` within ``wait`` seconds."""
+        inbox = self.nats.new_inbox()
+        replies: list[dict[str, Any]] = []
+        subscription = await self.nats.subscribe(inbox)
+        try:
+            await self.nats.publish(subjects.ping_hosts(self.lattice), b"{}", reply=inbox)
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = await subscription.next_msg(timeout=left)
+                except TimeoutError:
+                    break
+                with contextlib.suppress(ValueError):
+                    replies.append(json.loads(message.data))
+        finally:
+            await subscription.unsubscribe()
+        return replies
+
+    async def inventory(self, host_id: str) -> dict[str, Any]:
+        """A host's inventory."""
+        reply: dict[str, Any] = await self.request(subjects.get_inventory(self.lattice, host_id))
+        return reply
+
+    async def command(self, host_id: str, op: str, body: dict[str, Any]) -> None:
+        """Send ``cmd.{host}.{op}``; raise when it is not accepted."""
+        ack = await self.request(subjects.command(self.lattice, host_id, op), body)
+        if not isinstance(ack, dict) or not ack.get("accepted"):
+            error = ack.get("error") if isinstance(ack, dict) else ack
+            raise LatticeEdgeError(f"{op} refused: {error}")
+
+    @contextlib.asynccontextmanager
+    async def events(self, *types: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """Collect lattice events of the given types while the block runs."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        wanted = {f"com.wasmcloud.lattice.{t}" for t in types}
+
+        async def collect(message: Any) -> None:
+            with contextlib.suppress(ValueError):
+                event = json.loads(message.data)
+                if isinstance(event, dict) and event.get("type") in wanted:
+                    queue.put_nowait(event)
+
+        subscription = await self.nats.subscribe(subjects.events(self.lattice), cb=collect)
+        try:
+            yield queue
+        finally:
+            await subscription.unsubscribe()
+
+    @staticmethod
+    async def wait_for(
+        queue: asyncio.Queue[dict[str, Any]],
+        match: Callable[[dict[str, Any]], bool],
+        timeout: float,
+    ) -> dict[str, Any]:
+        """The first event in ``queue`` that ``match`` accepts."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
+            if match(event):
+                return event
+        raise AgentStateError(f"no matching lattice event within {timeout:g} s")
+
+    async def start_actor(
+        self, host_id: str, actor_ref: str, count: int = 1, *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Start an actor and wait for its ``actor_started`` (or failure) event."""
+        async with self.events("actor_started", "actor_start_failed") as queue:
+            await self.command(
+                host_id, "la", {"actor_ref": actor_ref, "host_id": host_id, "count": count}
+            )
+            event = await self.wait_for(
+                queue,
+                lambda e: e.get("source") == host_id
+                and (e["data"].get("image_ref") == actor_ref
+                     or e["data"].get("actor_ref") == actor_ref),
+                timeout,
+            )  # fmt: skip
+        if event["type"].endswith("actor_start_failed"):
+            raise LatticeEdgeError(f"cannot start {actor_ref}: {event['data'].get('error')}")
+        data: dict[str, Any] = event["data"]
+        return data
+
+    async def stop_actor(self, host_id: str, actor_id: str, *, timeout: float = 30.0) -> None:
+        """Scale an actor to zero on a host and wait until it has stopped."""
+        async with self.events("actor_stopped") as queue:
+            await self.command(
+                host_id, "scale", {"actor_id": actor_id, "actor_ref": actor_id, "count": 0}
+            )
+            await self.wait_for(
+                queue,
+                lambda e: e.get("source") == host_id and e["data"].get("public_key") == actor_id,
+                timeout,
+            )
+
+    async def invoke(
+        self,
+        actor_id: str,
+        operation: str,
+        payload: bytes,
+        *,
+        cluster_key: KeyPair,
+        host_id: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> CallReply:
+        """Send a signed invocation to an actor and return its answer."""
+        import nats.errors
+
+        invocation = new_invocation(
+            WasmCloudEntity(cluster_key.public_key),
+            WasmCloudEntity(actor_id),
+            operation,
+            payload,
+            cluster_key=cluster_key,
+            host_id=host_id,
+        )
+        started = time.perf_counter()
+        try:
+            reply = await self.nats.request(
+                subjects.actor_rpc(self.lattice, actor_id), invocation.encode(), timeout=timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise AgentStateError(f"no host runs actor {actor_id}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AgentStateError(f"invoking {actor_id} failed: {exc or 'timed out'}") from exc
+        seconds = time.perf_counter() - started
+        response = InvocationResponse.decode(bytes(reply.data))
+        if response.error:
+            raise LatticeEdgeError(f"{actor_id} {operation}: {response.error}")
+        return CallReply(bytes(response.msg), seconds)
