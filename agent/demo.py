@@ -14,10 +14,12 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.config import HostPort, LeafSettings, embedded_default
 from agent.errors import AgentStateError
 from agent.host import HostInfo, demo_actor_path, prepare_host
+from agent.identity.keys import KeyPair
 from agent.lattice.client import connect
 
 __all__ = ["run_demo"]
@@ -45,7 +47,8 @@ async def run_demo(say: Callable[[str], None], *, echo_calls: int = 200) -> None
         ready: asyncio.Future[HostInfo] = asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as tasks:
             runner = tasks.create_task(host.run(on_ready=ready.set_result))
-            done, _ = await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {ready, runner}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if ready not in done:
                 raise AgentStateError("the demo host stopped before it was ready")
             info = ready.result()
@@ -59,11 +62,8 @@ async def run_demo(say: Callable[[str], None], *, echo_calls: int = 200) -> None
 
 
 async def _tour(
-    say: Callable[[str], None], cluster_key: object, info: HostInfo, calls: int
+    say: Callable[[str], None], cluster_key: KeyPair, info: HostInfo, calls: int
 ) -> None:
-    from agent.identity.keys import KeyPair
-
-    assert isinstance(cluster_key, KeyPair)
     host_id = info.host_id
     async with connect(info.client_url) as client:
         hosts = await client.ping()
@@ -89,8 +89,8 @@ async def _tour(
                 raise AgentStateError("the echo came back different")
             times.append(reply.seconds)
         say(
-            f"5. {calls} x 1 KiB Echo round trips: median {statistics.median(times) * 1000:.2f} ms, "
-            f"all answers correct"
+            f"5. {calls} x 1 KiB Echo round trips: "
+            f"median {statistics.median(times) * 1000:.2f} ms, all answers correct"
         )
         inventory = await client.inventory(host_id)
         actors = ", ".join(a["name"] for a in inventory.get("actors", []))
