@@ -1,0 +1,191 @@
+"""The device as a wasmCloud 0.x host, seen from the cloud: a hub in operator mode (the
+NGS stand-in) and a real agent whose leaf node is bridged to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+from lattice_testing import AgentProcess, Hub, run_cli, wait_until
+
+from agent.identity.keys import KeyKind, generate
+from agent.lattice.client import LatticeClient
+from agent.lattice.invocation import InvocationResponse, WasmCloudEntity, new_invocation
+from agent.runtime.demo import DEMO_ISSUER
+
+pytestmark = pytest.mark.integration
+
+ECHO_ISSUER = "ABRK5MP6QRTH7HXOVP2PR2TLDW6DPLBAF3LTGVWQRFVEF7W5VOUMACXB"
+ECHO_ACTOR = "MDJ5BWS6JXSWOZL2ZENW2D4FBSHQ5ZMFGEGJB33TLKYKMXTLLAXINU36"
+GUESTS = Path(__file__).resolve().parents[1] / "fixtures" / "guests"
+PROXY = GUESTS / "proxy.wasm"
+PROXY_ACTOR = "MAWDQAQVDL5KYXNZACWIJ7JWABG3TG2I5HIROH4VF7JNZD2EELTDJCC5"
+
+
+@dataclasses.dataclass
+class Device:
+    config: Path
+    data: Path
+    host_id: str
+    client_url: str
+    agent: AgentProcess
+
+
+def setup_device(
+    tmp_path: Path,
+    ports: dict[str, int],
+    agent_factory: type[AgentProcess],
+    *,
+    hub: Hub | None,
+    cluster_issuers: tuple[str, ...] = (),
+) -> Device:
+    config, data = tmp_path / "device" / "agent.toml", tmp_path / "device" / "data"
+    args = [
+        "init", "--config", str(config), "--data-dir", str(data), "--name", "edge-e2e",
+        "--listen", f"127.0.0.1:{ports['client']}", "--monitor", f"127.0.0.1:{ports['monitor']}",
+        "--trust-issuer", ECHO_ISSUER, "--trust-issuer", DEMO_ISSUER,
+    ]  # fmt: skip
+    for key in cluster_issuers:
+        args += ["--cluster-issuer", key]
+    if hub is not None:
+        args += ["--upstream", hub.leaf_url, "--upstream-creds", str(hub.leaf_creds)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    with config.open("a") as extra:
+        extra.write("\n[budgets]\nheartbeat_interval_s = 1.0\n")
+    agent = agent_factory(config, data).start()
+    agent.wait_ready()
+    return Device(config, data, result.stdout.strip(), f"nats://127.0.0.1:{ports['client']}", agent)
+
+
+@contextlib.asynccontextmanager
+async def lattice(url: str, creds: Path | None = None) -> AsyncIterator[LatticeClient]:
+    client = await nats.connect(url, user_credentials=str(creds) if creds else None)
+    try:
+        yield LatticeClient(client)
+    finally:
+        await client.close()
+
+
+async def until_pinged(client: LatticeClient, host_id: str, timeout: float = 20) -> dict[str, Any]:
+    """Ping until ``host_id`` answers: interest crosses a leaf link asynchronously."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        for reply in await client.ping(wait=0.5):
+            if reply.get("id") == host_id:
+                return reply
+    raise AssertionError(f"host {host_id} never answered ping.hosts")
+
+
+async def rpc(
+    client: LatticeClient, actor: str, body: bytes, timeout: float = 5
+) -> InvocationResponse:
+    reply = await client.nats.request(f"wasmbus.rpc.default.{actor}", body, timeout=timeout)
+    return InvocationResponse.decode(bytes(reply.data))
+
+
+async def nothing_arrives(client: LatticeClient, subject: str, seconds: float) -> bool:
+    subscription = await client.nats.subscribe(subject)
+    try:
+        await subscription.next_msg(timeout=seconds)
+    except TimeoutError:
+        return True
+    finally:
+        await subscription.unsubscribe()
+    return False
+
+
+async def test_cloud_sees_and_drives_the_device(
+    tmp_path: Path, hub: Hub, ports: dict[str, int], agent_factory: type[AgentProcess],
+    third_party_dir: Path,
+) -> None:  # fmt: skip
+    cloud_cluster = generate(KeyKind.CLUSTER)
+    device = setup_device(
+        tmp_path, ports, agent_factory, hub=hub, cluster_issuers=(cloud_cluster.public_key,)
+    )
+    wait_until(lambda: hub.leaf_connections() >= 1, 20, "the leaf link")
+    async with lattice(hub.client_url, hub.client_creds) as cloud:
+        pong = await until_pinged(cloud, device.host_id)
+        assert pong["friendly_name"] == "edge-e2e"
+        assert pong["labels"]["hostcore.os"] == "linux"
+        assert cloud_cluster.public_key in pong["cluster_issuers"].split(",")
+
+        # The fleet publishes the actor once in the cloud; the device pulls it via its leaf.
+        store = await cloud.nats.jetstream().create_object_store("ACTORS")
+        module = (third_party_dir / "echo_messaging_v0.9.0.wasm").read_bytes()
+        await store.put("echo_messaging.wasm", module)
+        started = await cloud.start_actor(
+            device.host_id, "nats-os://ACTORS/echo_messaging.wasm?domain=hub"
+        )
+        assert started["public_key"] == ECHO_ACTOR
+        assert started["claims"]["issuer"] == ECHO_ISSUER
+        assert "wasmcloud:messaging" in started["claims"]["caps"]
+
+        inventory = await cloud.inventory(device.host_id)
+        assert [a["id"] for a in inventory["actors"]] == [ECHO_ACTOR]
+
+        def invocation(
+            operation: str, msg: bytes, key: Any = cloud_cluster, target: str = ECHO_ACTOR
+        ) -> Any:
+            return new_invocation(
+                WasmCloudEntity(key.public_key), WasmCloudEntity(target), operation, msg,
+                cluster_key=key, host_id=device.host_id,
+            )  # fmt: skip
+
+        health = await rpc(
+            cloud, ECHO_ACTOR, invocation("Actor.HealthRequest", msgpack.packb({})).encode()
+        )
+        assert health.error is None
+        assert msgpack.unpackb(health.msg) == {"healthy": True}
+
+        # The actor answers a message by publishing through the device's messaging capability;
+        # the publish crosses the leaf back to the cloud.
+        replies = await cloud.nats.subscribe("cloud.replies")
+        await cloud.nats.flush()
+        await asyncio.sleep(0.5)
+        message = msgpack.packb(
+            {"subject": "echo.in", "replyTo": "cloud.replies", "body": b"hello"}
+        )
+        handled = await rpc(
+            cloud, ECHO_ACTOR, invocation("MessageSubscriber.HandleMessage", message).encode()
+        )
+        assert handled.error is None
+        assert (await replies.next_msg(timeout=10)).data == b"reply: hello"
+        await replies.unsubscribe()
+
+        # Forgeries get an error reply and never reach the actor.
+        forged_body = msgpack.packb({"subject": "echo.in", "replyTo": "forged.reply", "body": b"x"})
+        untrusted = invocation(
+            "MessageSubscriber.HandleMessage", forged_body, key=generate(KeyKind.CLUSTER)
+        )
+        genuine = invocation("MessageSubscriber.HandleMessage", forged_body)
+        tampered = dataclasses.replace(
+            genuine, msg=msgpack.packb({"subject": "x", "replyTo": "forged.reply", "body": b"y"})
+        )
+        wrong_target = invocation(
+            "MessageSubscriber.HandleMessage", forged_body, target=PROXY_ACTOR
+        )
+        watcher = asyncio.create_task(nothing_arrives(cloud, "forged.reply", 3.0))
+        await asyncio.sleep(0.5)
+        for forged, why in ((untrusted, "issuer"), (tampered, "hash"), (wrong_target, "target")):
+            answer = await rpc(cloud, ECHO_ACTOR, forged.encode())
+            assert answer.error is not None and "rejected" in answer.error, (why, answer)
+        assert await watcher, "a forged invocation reached the actor"
+
+        async with cloud.events("host_heartbeat", "host_stopped") as queue:
+            beat = await cloud.wait_for(queue, lambda e: e["source"] == device.host_id, 10)
+            assert beat["data"]["actors"] == {ECHO_ACTOR: 1}
+            assert "memory_total_mb" in beat["data"]["resources"]
+            await cloud.command(device.host_id, "stop", {"host_id": device.host_id})
+            stopped = await cloud.wait_for(queue, lambda e: e["type"].endswith("host_stopped"), 10)
+            assert stopped["source"] == device.host_id
+    assert device.agent.process is not None
+    assert device.agent.process.wait(30) == 0
