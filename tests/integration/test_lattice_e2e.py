@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from typing import Any
 import msgpack
 import nats
 import pytest
-from lattice_testing import AgentProcess, Hub, run_cli, wait_until
+from lattice_testing import AgentProcess, Hub, alive, run_cli, wait_until
 
-from agent.identity.keys import KeyKind, generate
+from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.lattice.client import LatticeClient
 from agent.lattice.invocation import InvocationResponse, WasmCloudEntity, new_invocation
 from agent.runtime.demo import DEMO_ISSUER
@@ -189,3 +190,99 @@ async def test_cloud_sees_and_drives_the_device(
             assert stopped["source"] == device.host_id
     assert device.agent.process is not None
     assert device.agent.process.wait(30) == 0
+
+
+def kv(operation: str, **fields: Any) -> tuple[str, bytes]:
+    return f"wasmcloud:keyvalue|KeyValue.{operation}", msgpack.packb(fields)
+
+
+async def test_offline_device_keeps_its_lattice(
+    tmp_path: Path, hub: Hub, ports: dict[str, int], agent_factory: type[AgentProcess]
+) -> None:
+    device = setup_device(tmp_path, ports, agent_factory, hub=hub)
+    wait_until(lambda: hub.leaf_connections() >= 1, 20, "the leaf link")
+    assert device.agent.process is not None
+    pid = device.agent.process.pid
+    hub.stop()
+
+    cluster = (device.data / "keys" / "cluster.nk").read_text().strip()
+    key = KeyPair.from_seed(cluster)
+    async with lattice(device.client_url) as local:
+        await until_pinged(local, device.host_id, timeout=5)
+        started = await local.start_actor(device.host_id, f"file://{PROXY}")
+        assert started["public_key"] == PROXY_ACTOR
+
+        async def call(operation: str, body: bytes) -> bytes:
+            reply = await local.invoke(
+                PROXY_ACTOR, operation, body, cluster_key=key, host_id=device.host_id
+            )
+            return reply.response
+
+        assert msgpack.unpackb(await call(*kv("Increment", key="visits", value=1))) == 1
+        assert msgpack.unpackb(await call(*kv("Increment", key="visits", value=2))) == 3
+        await call(*kv("Set", key="greeting", value="offline", expires=0))
+        assert msgpack.unpackb(await call(*kv("Get", key="greeting"))) == {
+            "value": "offline",
+            "exists": True,
+        }
+        inbox = await local.nats.subscribe("offline.out")
+        await call(
+            "wasmcloud:messaging|Messaging.Publish",
+            msgpack.packb({"subject": "offline.out", "body": b"still working"}),
+        )
+        assert (await inbox.next_msg(timeout=5)).data == b"still working"
+        await inbox.unsubscribe()
+
+    hub.start()
+    wait_until(lambda: hub.leaf_connections() >= 1, 30, "the leaf to reconnect")
+    async with lattice(hub.client_url, hub.client_creds) as cloud:
+        await until_pinged(cloud, device.host_id)
+        async with cloud.events("host_heartbeat") as queue:
+            beat = await cloud.wait_for(queue, lambda e: e["source"] == device.host_id, 10)
+        assert PROXY_ACTOR in beat["data"]["actors"]
+    assert device.agent.process.pid == pid and device.agent.process.poll() is None
+    assert device.agent.terminate() == 0
+
+
+async def test_kill_9_and_restart_brings_everything_back(
+    tmp_path: Path, ports: dict[str, int], agent_factory: type[AgentProcess]
+) -> None:
+    device = setup_device(tmp_path, ports, agent_factory, hub=None)
+    key = KeyPair.from_seed((device.data / "keys" / "cluster.nk").read_text().strip())
+    link = {
+        "actor_id": PROXY_ACTOR, "contract_id": "wasmcloud:httpserver", "link_name": "default",
+        "provider_id": "VAG3QITQQ2ODAOWB5TTQSDJ53XK3SHBEIFNK4AYJ5RKAX2UNSCAPHA5M",
+        "values": {"PORT": "8080"},
+    }  # fmt: skip
+    async with lattice(device.client_url) as local:
+        await local.start_actor(device.host_id, f"file://{PROXY}", count=2)
+        ack = await local.request("wasmbus.ctl.default.linkdefs.put", link)
+        assert ack == {"accepted": True, "error": ""}
+        first = await local.invoke(
+            PROXY_ACTOR, *kv("Increment", key="boots", value=1), cluster_key=key,
+            host_id=device.host_id,
+        )  # fmt: skip
+        assert msgpack.unpackb(first.response) == 1
+
+    leaf = device.agent.leaf_pid()
+    assert device.agent.process is not None and leaf is not None
+    device.agent.process.send_signal(signal.SIGKILL)
+    device.agent.process.wait()
+    wait_until(lambda: not alive(leaf), 10, "the orphaned leaf to go")
+
+    again = agent_factory(device.config, device.data).start()
+    again.wait_ready()
+    async with lattice(device.client_url) as local:
+        inventory = await local.inventory(device.host_id)
+        (actor,) = inventory["actors"]
+        assert actor["id"] == PROXY_ACTOR and len(actor["instances"]) == 2
+        links = await local.request("wasmbus.ctl.default.get.links")
+        assert [(x["actor_id"], x["values"]) for x in links["links"]] == [
+            (PROXY_ACTOR, {"PORT": "8080"})
+        ]
+        second = await local.invoke(
+            PROXY_ACTOR, *kv("Increment", key="boots", value=1), cluster_key=key,
+            host_id=device.host_id,
+        )  # fmt: skip
+        assert msgpack.unpackb(second.response) == 2  # the KV bucket survived too
+    assert again.terminate() == 0
