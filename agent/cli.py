@@ -258,6 +258,8 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append(f"upstream : {state} ({', '.join(upstream['configured'])})")
     else:
         lines.append("upstream : none configured (standalone)")
+    for actor in report.get("actors", []):
+        lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
     temperature = device["temperature_c"]
     load = " ".join(f"{x:.2f}" for x in device["load_average"])
     lines += [

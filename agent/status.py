@@ -64,12 +64,32 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
     return result
 
 
+async def _actors(config: Config, host_id: str) -> list[dict[str, Any]]:
+    """The running actors, from the host's inventory on the lattice (empty if unreachable)."""
+    from agent.errors import LatticeEdgeError
+    from agent.lattice.client import connect
+
+    try:
+        async with connect(f"nats://{config.leaf.listen}") as client:
+            client.lattice = config.host.lattice
+            inventory = await client.inventory(host_id)
+    except LatticeEdgeError:
+        return []
+    return [
+        {"id": a.get("id"), "name": a.get("name"), "instances": len(a.get("instances", [])),
+         "image_ref": a.get("image_ref")}
+        for a in inventory.get("actors", []) if isinstance(a, dict)
+    ]  # fmt: skip
+
+
 async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict."""
     state = _read_state(config.run_dir / STATE_FILE)
     agent_up = state is not None and _alive(state.get("pid"))
     leaf = await _leaf_status(config)
     configured = list(config.upstream.urls) if config.upstream else []
+    host_id = state.get("host_id") if state else None
+    actors = await _actors(config, host_id) if agent_up and isinstance(host_id, str) else []
     return {
         "agent": {
             "up": agent_up,
@@ -83,6 +103,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
             "configured": configured,
             "connected": bool(leaf.get("upstream_links")),
         },
+        "actors": actors,
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

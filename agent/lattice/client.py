@@ -42,10 +42,14 @@ async def connect(url: str, *, creds: str | None = None) -> AsyncIterator[Lattic
     import nats
     import nats.errors
 
+    async def quiet(_exc: Exception) -> None:
+        # nats-py's default callback prints a traceback; the failure reaches us anyway.
+        return None
+
     try:
         client = await nats.connect(
             servers=[url], user_credentials=creds, connect_timeout=3, max_reconnect_attempts=2,
-            allow_reconnect=False,
+            allow_reconnect=False, error_cb=quiet,
         )  # fmt: skip
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc
