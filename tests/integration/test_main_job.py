@@ -42,3 +42,18 @@ def test_embedded_default_runs_the_demo_actor(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_demo_tours_the_lattice_and_exits_zero(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "share")}
+    result = subprocess.run(
+        [CLI, "demo"], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "ping.hosts answered by 1 host(s)" in out
+    assert "started actor Lattice Edge demo echo" in out
+    assert "Greet over the lattice -> 'Hello, lattice!'" in out
+    assert "all answers correct" in out
+    assert "host stopped cleanly" in out
+    assert "Traceback" not in result.stderr
