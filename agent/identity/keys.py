@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nacl.exceptions
@@ -89,15 +90,22 @@ def encode_public_key(kind: KeyKind, raw: bytes) -> str:
 
 def decode_public_key(public_key: str, expected: KeyKind | None = None) -> tuple[KeyKind, bytes]:
     """Decode a public nkey into (kind, 32 raw bytes); check prefix and checksum."""
-    raw = _check_crc(_b32decode(public_key.strip()))
-    if len(raw) != 33 or raw[0] not in _BY_PREFIX:
-        raise IdentityError(f"'{public_key}' is not a public nkey")
-    kind = _BY_PREFIX[raw[0]]
+    kind, raw = _decode_public_key(public_key)
     if expected is not None and kind is not expected:
         raise IdentityError(
             f"'{public_key}' is a {kind.name.lower()} key, expected {expected.name.lower()}"
         )
-    return kind, raw[1:]
+    return kind, raw
+
+
+# Every invocation names the same few keys (issuer, host, target); decoding one costs a
+# base32 pass and a pure-Python CRC16, so remember the recent ones.
+@functools.lru_cache(maxsize=1024)
+def _decode_public_key(public_key: str) -> tuple[KeyKind, bytes]:
+    raw = _check_crc(_b32decode(public_key.strip()))
+    if len(raw) != 33 or raw[0] not in _BY_PREFIX:
+        raise IdentityError(f"'{public_key}' is not a public nkey")
+    return _BY_PREFIX[raw[0]], raw[1:]
 
 
 def is_public_key(value: str, kind: KeyKind) -> bool:
@@ -111,12 +119,16 @@ def is_public_key(value: str, kind: KeyKind) -> bool:
 
 def verify_signature(public_key: str, data: bytes, signature: bytes) -> bool:
     """Check an Ed25519 ``signature`` of ``data`` by the holder of ``public_key``."""
-    _, raw = decode_public_key(public_key)
     try:
-        nacl.signing.VerifyKey(raw).verify(data, signature)
+        _verify_key(public_key).verify(data, signature)
     except (nacl.exceptions.BadSignatureError, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=256)
+def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(decode_public_key(public_key)[1])
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -125,6 +137,14 @@ class KeyPair:
 
     kind: KeyKind
     _raw_seed: bytes
+    # Deriving the key pair is an Ed25519 scalar multiplication; do it once, not per use.
+    _signing: nacl.signing.SigningKey = field(init=False, compare=False)
+    _public: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        signing = nacl.signing.SigningKey(self._raw_seed)
+        object.__setattr__(self, "_signing", signing)
+        object.__setattr__(self, "_public", encode_public_key(self.kind, bytes(signing.verify_key)))
 
     @classmethod
     def from_seed(cls, seed: str | bytes) -> KeyPair:
@@ -151,14 +171,11 @@ class KeyPair:
     @property
     def public_key(self) -> str:
         """The encoded public key, e.g. ``N…`` for a server key."""
-        verify_key = nacl.signing.SigningKey(self._raw_seed).verify_key
-        return encode_public_key(self.kind, bytes(verify_key))
+        return self._public
 
     def sign(self, data: bytes) -> bytes:
-        """Ed25519-sign ``data``."""
-        if self.kind is KeyKind.MODULE:
-            return bytes(nacl.signing.SigningKey(self._raw_seed).sign(data).signature)
-        return bytes(nkeys.from_seed(self.seed.encode()).sign(data))
+        """Ed25519-sign ``data`` (what ``nkeys.KeyPair.sign`` does, with the key kept)."""
+        return bytes(self._signing.sign(data).signature)
 
     def __repr__(self) -> str:
         return f"KeyPair({self.kind.name.lower()}, {self.public_key})"
