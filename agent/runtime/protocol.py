@@ -4,11 +4,18 @@ Every message is one frame: a 4-byte big-endian body length, then a msgpack arra
 first element is the message tag and the rest the fields of one of the NamedTuples below.
 Arrays, not maps, because this is the hot path of every invocation.
 
-Agent -> worker: :class:`Load`, :class:`Invoke`, :class:`Unload`, :class:`HostReply`,
-:class:`Bye`. Worker -> agent: :class:`Ready`, :class:`Result`, :class:`Failure`,
-:class:`HostCall`, :class:`Log`. ``req_id`` pairs a request with its result; a
-:class:`HostCall` carries the ``req_id`` of the invocation (or load) that made it and its
-:class:`HostReply` echoes it. The worker answers requests strictly in order.
+Agent -> worker: :class:`Load`, :class:`Invoke`, :class:`InvokeBatch`, :class:`Unload`,
+:class:`HostReply`, :class:`Bye`. Worker -> agent: :class:`Ready`, :class:`Result`,
+:class:`Failure`, :class:`HostCall`, :class:`Log`. ``req_id`` pairs a request with its
+result; a :class:`HostCall` carries the ``req_id`` of the invocation (or load) that made it
+and its :class:`HostReply` echoes it.
+
+The agent sends the invocations it queued during one event-loop iteration as one
+:class:`InvokeBatch` (one msgpack array of ``(req_id, actor_id, operation, payload)``): one
+frame to encode and decode instead of dozens. The worker runs requests in the order they
+arrive, except that while a guest waits for a host reply it may run requests for other
+actors (nested invocations), so answers can come out of order; the worker's status page
+(:mod:`agent.runtime.statuspage`) tells the agent what was running when a worker dies.
 """
 
 from __future__ import annotations
@@ -40,14 +47,18 @@ __all__ = [
     "HostCall",
     "HostReply",
     "Invoke",
+    "InvokeBatch",
+    "InvokeItem",
     "Load",
     "Log",
     "Message",
     "Ready",
     "Result",
     "Unload",
+    "decode_frames",
     "decode_message",
     "encode_invoke",
+    "encode_invoke_batch",
     "encode_message",
     "encode_result",
     "error_from_wire",
@@ -76,6 +87,16 @@ class Invoke(NamedTuple):
     actor_id: str
     operation: str
     payload: bytes
+
+
+InvokeItem = tuple[int, str, str, bytes]
+"""One invocation inside an :class:`InvokeBatch`: ``(req_id, actor_id, operation, payload)``."""
+
+
+class InvokeBatch(NamedTuple):
+    """Several :class:`Invoke` requests in one frame, to be run in this order."""
+
+    items: tuple[InvokeItem, ...]
 
 
 class Unload(NamedTuple):
@@ -138,7 +159,19 @@ class Log(NamedTuple):
     text: str
 
 
-Message = Load | Invoke | Unload | HostReply | Bye | Ready | Result | Failure | HostCall | Log
+Message = (
+    Load
+    | Invoke
+    | InvokeBatch
+    | Unload
+    | HostReply
+    | Bye
+    | Ready
+    | Result
+    | Failure
+    | HostCall
+    | Log
+)
 
 _TAGS: dict[type[Any], int] = {
     Load: 1,
@@ -146,6 +179,7 @@ _TAGS: dict[type[Any], int] = {
     Unload: 3,
     HostReply: 4,
     Bye: 5,
+    InvokeBatch: 6,
     Ready: 16,
     Result: 17,
     Failure: 18,
@@ -161,6 +195,7 @@ _FIELD_TYPES: dict[type[Any], tuple[type | tuple[type, ...], ...]] = {
     Unload: (int, str),
     HostReply: (int, bytes, (str, _NONE)),
     Bye: (),
+    InvokeBatch: (tuple,),
     Ready: (int, str),
     Result: (int, bytes, tuple),
     Failure: (int, str, str, tuple),
@@ -169,7 +204,9 @@ _FIELD_TYPES: dict[type[Any], tuple[type | tuple[type, ...], ...]] = {
 }
 _CHECKS = {_TAGS[cls]: (cls, types, len(types)) for cls, types in _FIELD_TYPES.items()}
 _WITH_CONSOLE = (Result, Failure)
+_ITEM_TYPES = {(int, str, str, bytes)}  # the one shape an InvokeBatch item may have
 _tuple_new = tuple.__new__
+_unpackb = msgpack.unpackb
 # One packer reused for every frame (packb builds a new one per call). Not thread-safe:
 # the agent encodes on its event loop thread, a worker on its only thread.
 _PACKER = msgpack.Packer(use_bin_type=True)
@@ -209,6 +246,14 @@ def encode_invoke(req_id: int, actor_id: str, operation: str, payload: bytes) ->
     return _HEADER.pack(len(body)) + body
 
 
+def encode_invoke_batch(items: list[InvokeItem]) -> bytes:
+    """One :class:`InvokeBatch` frame; the caller keeps it under :data:`MAX_FRAME_BYTES`."""
+    body: bytes = _PACKER.pack((6, items))
+    if len(body) > MAX_FRAME_BYTES:
+        raise WorkerProtocolError(f"an invocation batch of {len(body)} bytes exceeds the limit")
+    return _HEADER.pack(len(body)) + body
+
+
 def encode_result(req_id: int, payload: bytes, console: tuple[str, ...]) -> bytes:
     """``encode_message(Result(...))`` without building the tuple: the worker's hot path."""
     body: bytes = _PACKER.pack((17, req_id, payload, console))
@@ -217,16 +262,15 @@ def encode_result(req_id: int, payload: bytes, console: tuple[str, ...]) -> byte
     return _HEADER.pack(len(body)) + body
 
 
-def decode_message(body: bytes) -> Message:
+def decode_message(body: bytes | memoryview) -> Message:
     """Decode one frame body; raise :class:`WorkerProtocolError` on anything malformed."""
     try:
-        items = msgpack.unpackb(body, raw=False, use_list=False, strict_map_key=True)
+        items = _unpackb(body, raw=False, use_list=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise WorkerProtocolError(f"undecodable frame ({len(body)} bytes): {exc}") from None
-    if type(items) is not tuple or not items:
-        raise WorkerProtocolError("a frame must be a non-empty msgpack array")
     if (
-        len(items) == 4
+        type(items) is tuple
+        and len(items) == 4
         and items[0] == 17
         and type(items[1]) is int
         and type(items[2]) is bytes
@@ -234,6 +278,38 @@ def decode_message(body: bytes) -> Message:
     ):
         # Fast path for the most common frame, a Result without console lines.
         return _tuple_new(Result, items[1:])
+    return _from_items(items)
+
+
+def decode_frames(bodies: list[memoryview]) -> list[Message]:
+    """``[decode_message(b) for b in bodies]`` with the common case inlined.
+
+    This is the agent's hot path: one call per pipe read instead of one per answer.
+    """
+    messages: list[Message] = []
+    append = messages.append
+    for body in bodies:
+        try:
+            items = _unpackb(body, raw=False, use_list=False, strict_map_key=True)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise WorkerProtocolError(f"undecodable frame ({len(body)} bytes): {exc}") from None
+        if (
+            type(items) is tuple
+            and len(items) == 4
+            and items[0] == 17
+            and type(items[1]) is int
+            and type(items[2]) is bytes
+            and items[3] == ()
+        ):
+            append(_tuple_new(Result, items[1:]))
+        else:
+            append(_from_items(items))
+    return messages
+
+
+def _from_items(items: object) -> Message:
+    if type(items) is not tuple or not items:
+        raise WorkerProtocolError("a frame must be a non-empty msgpack array")
     check = _CHECKS.get(items[0]) if type(items[0]) is int else None
     if check is None:
         raise WorkerProtocolError(f"unknown message tag {items[0]!r:.20}")
@@ -247,6 +323,12 @@ def decode_message(body: bytes) -> Message:
         raise WorkerProtocolError(f"{cls.__name__} has a field of the wrong type")
     if cls in _WITH_CONSOLE and fields[-1] and not all(type(x) is str for x in fields[-1]):
         raise WorkerProtocolError(f"{cls.__name__} console lines must be strings")
+    if (
+        cls is InvokeBatch
+        and {tuple(map(type, item)) if type(item) is tuple else () for item in fields[0]}
+        - _ITEM_TYPES
+    ):
+        raise WorkerProtocolError("InvokeBatch items must be (int, str, str, bytes)")
     message: Message = cls._make(fields)
     return message
 
@@ -269,6 +351,8 @@ class FrameDecoder:
 
     Raises :class:`WorkerProtocolError` when a header announces more than ``max_frame``
     bytes, before buffering them, so a garbage stream cannot make the reader allocate.
+    Bodies are returned as memoryviews into the data fed (no copy per frame): decode each
+    before the next :meth:`feed`.
     """
 
     def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
@@ -280,23 +364,37 @@ class FrameDecoder:
         """Bytes received but not yet returned as a complete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
         """Add ``data``; return the bodies of every frame it completes, in order."""
-        buffer = self._buffer
-        buffer += data
-        frames: list[bytes] = []
-        pos, size = 0, len(buffer)
-        while size - pos >= HEADER_SIZE:
-            (length,) = _HEADER.unpack_from(buffer, pos)
-            if length > self._max:
+        buffer, unpack_from, limit = self._buffer, _HEADER.unpack_from, self._max
+        if buffer:
+            buffer += data
+            if len(buffer) < HEADER_SIZE:
+                return []
+            (length,) = unpack_from(buffer, 0)
+            if length > limit:
                 raise WorkerProtocolError(
-                    f"frame of {length} bytes announced, the limit is {self._max}"
+                    f"frame of {length} bytes announced, the limit is {limit}"
+                )
+            if len(buffer) < HEADER_SIZE + length:
+                return []  # a large frame arriving in pieces: copy it out once, when complete
+            # Frames are sliced from an immutable copy: the buffer itself must stay resizable.
+            data = bytes(buffer)
+            buffer.clear()
+        view = memoryview(data)
+        frames: list[memoryview] = []
+        pos, size = 0, len(data)
+        while size - pos >= HEADER_SIZE:
+            (length,) = unpack_from(data, pos)
+            if length > limit:
+                raise WorkerProtocolError(
+                    f"frame of {length} bytes announced, the limit is {limit}"
                 )
             end = pos + HEADER_SIZE + length
             if end > size:
                 break
-            frames.append(bytes(buffer[pos + HEADER_SIZE : end]))
+            frames.append(view[pos + HEADER_SIZE : end])
             pos = end
-        if pos:
-            del buffer[:pos]
+        if pos < size:
+            buffer += view[pos:]
         return frames

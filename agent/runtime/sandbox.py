@@ -4,19 +4,31 @@ Actors never run in the agent's process (see ``DESIGN.md``, process model). A
 :class:`Sandbox` keeps ``budgets.sandbox_workers`` worker slots; each actor is assigned to
 the least loaded slot and lives in that slot's current worker process. Every request is
 pipelined to its worker and tagged with an id, so many invocations can be in flight per
-worker; the worker answers them in order.
+worker; the worker runs them in order.
+
+**Nested invocations.** A host-call handler may invoke another actor, also one in the same
+worker: while a guest waits for its host reply the worker runs other actors' requests on top
+of it (see :mod:`agent.runtime.worker`). A call back into an actor that is already running
+further up the same call chain (A -> A, A -> B -> A) would wait for itself, since waPC
+guests are not re-entrant: :meth:`Sandbox.invoke` refuses it at once with an
+:class:`ActorError` (the chain is tracked in :data:`~agent.runtime.workerproc.CALL_CHAIN`).
+A chain that leaves the process (over NATS) cannot be tracked: such a call waits until the
+actor is idle, bounded by the outer invocation's deadline.
 
 Failure handling, in one place:
 
-* **Deadline.** A request may run ``deadline`` seconds once it is the one running (time the
-  agent spends serving its host calls does not count); past that its worker is SIGKILLed and
-  the caller gets :class:`InvocationTimeout`. Callers whose request waited in the queue past
-  its deadline get :class:`InvocationTimeout` without a kill.
+* **Deadline.** A request may run ``deadline`` seconds of guest time (time its guest waits
+  for host calls, nested invocations included, does not count; each nested invocation has
+  its own deadline); past that its worker is SIGKILLed and the caller gets
+  :class:`InvocationTimeout`. Callers whose request waited past its deadline (queued, or
+  under a nested call) get :class:`InvocationTimeout` without a kill.
 * **Crash.** A worker that dies (segfault, ``RLIMIT_AS``) fails the request it was running
   with :class:`WorkerCrashed`.
-* After either, the slot gets a new worker, its other actors are reloaded, and the requests
-  that were queued behind the culprit (never started) are sent again: nothing is lost and
-  nothing runs twice.
+* After either, every other request that had started in that worker (outer invocations
+  waiting for a host call) fails with :class:`WorkerCrashed`, answers the worker had
+  finished are still delivered, the slot gets a new worker, its other actors are reloaded,
+  and the requests that never started are sent again: nothing is lost and nothing runs
+  twice. The worker's status page (:mod:`agent.runtime.statuspage`) makes this exact.
 * **Quarantine.** An actor whose requests kill its worker ``quarantine_after`` times within
   ``quarantine_window_s`` is dropped; further calls raise :class:`ActorQuarantined`.
 * **Recycling.** After ``worker_recycle_calls`` invocations a worker is drained: new requests
@@ -33,6 +45,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from types import TracebackType
 from typing import NamedTuple
 
@@ -41,18 +54,21 @@ from agent.errors import (
     ActorQuarantined,
     InvocationTimeout,
     WorkerCrashed,
+    WorkerProtocolError,
 )
 from agent.runtime.builtins import BuiltinHostCalls, HostCallHandler
 from agent.runtime.protocol import (
+    MAX_FRAME_BYTES,
     Failure,
     Load,
     Result,
     Unload,
-    encode_invoke,
     encode_message,
     error_from_wire,
 )
+from agent.runtime.statuspage import RUNNING
 from agent.runtime.workerproc import (
+    CALL_CHAIN,
     HostCallRecord,
     Request,
     RequestKind,
@@ -74,6 +90,11 @@ log = logging.getLogger("agent.runtime.sandbox")
 
 STARTUP_TIMEOUT_S = 30.0  # Python start-up on a Pi Zero under load takes seconds
 MAX_RESPAWN_DELAY_S = 5.0
+MAX_CALL_DEPTH = 8  # nested invocations per call chain (the worker nests at most 32 deep)
+MAX_RESENDS = 3  # a request whose workers keep dying before it starts fails after this
+MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES - 64 * 1024  # room for the rest of the frame
+_INVOKE = RequestKind.INVOKE
+_tuple_new = tuple.__new__
 
 
 class SandboxState(enum.Enum):
@@ -150,6 +171,8 @@ class Sandbox:
         self._generation = 0
         self._tg = asyncio.TaskGroup()
         self._stop = asyncio.Event()
+        self._chain_key = id(self)
+        self._recycle_calls = budgets.worker_recycle_calls
         self.stats = SandboxStats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -255,34 +278,49 @@ class Sandbox:
         """Run ``operation`` on a loaded actor and return its :class:`InvocationResult`.
 
         ``deadline`` (seconds, default the budget's) bounds the guest's run time and the
-        caller's wait. Raises GuestError, TrapError, InvocationTimeout, WorkerCrashed,
-        ActorQuarantined, or ActorError (not loaded, sandbox closed).
+        caller's wait. Called from a host-call handler, it is a nested invocation (see the
+        module docstring). Raises GuestError, TrapError, InvocationTimeout, WorkerCrashed,
+        ActorQuarantined, or ActorError (not loaded, sandbox closed, re-entrant call).
         """
         slot = self._actor_slot.get(actor_id)
         if slot is None or self._state is not SandboxState.RUNNING:
             raise self._unavailable(actor_id)
+        chain = CALL_CHAIN.get()
+        if chain:
+            self._check_chain(chain, actor_id)
+        if (
+            type(payload) is not bytes
+            or len(payload) > MAX_PAYLOAD_BYTES
+            or not operation.isascii()
+        ):
+            payload = _checked(operation, payload)  # the frame is encoded later, with others
         budget = self._deadline if deadline is None else deadline
         self._next_id += 1
-        req_id = self._next_id
         future: asyncio.Future[Result] = self._loop.create_future()
         request = Request(
-            req_id,
+            self._next_id,
             actor_id,
             slot.index,
-            RequestKind.INVOKE,
-            encode_invoke(req_id, actor_id, operation, payload),
+            _INVOKE,
+            operation,
+            payload,
+            b"",
             budget,
-            self._loop.time() + budget,
+            monotonic() + budget,  # the event loop's clock, without the method call
             future,
+            chain,
         )
         worker = slot.worker
-        worker.submit(request)
-        if worker.calls_sent >= self._budgets.worker_recycle_calls:
+        worker.submit_invoke(request)
+        if worker.calls_sent >= self._recycle_calls:
             self._recycle(slot)
         if not worker.calls_sent & 63 and worker.backlogged:  # checked now and then: it's cheap
             await worker.wait_writable()
         result = await future
-        return InvocationResult(result.payload, result.console, tuple(request.host_calls or ()))
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (this runs per call).
+        return _tuple_new(
+            InvocationResult, (result.payload, result.console, tuple(request.host_calls or ()))
+        )
 
     async def unload(self, actor_id: str) -> None:
         """Drop an actor (and forget its quarantine, so it may be loaded again)."""
@@ -302,6 +340,8 @@ class Sandbox:
                     actor_id,
                     slot.index,
                     RequestKind.UNLOAD,
+                    "",
+                    b"",
                     frame,
                     self._deadline,
                     expires_at,
@@ -328,6 +368,18 @@ class Sandbox:
 
     # --- internals --------------------------------------------------------------------
 
+    def _check_chain(self, chain: tuple[tuple[int, str], ...], actor_id: str) -> None:
+        if (self._chain_key, actor_id) in chain:
+            path = " -> ".join(a for _, a in (*chain, (0, actor_id)))
+            raise ActorError(
+                f"actor {actor_id} is already running an invocation further up this call "
+                f"chain ({path}); waPC actors are not re-entrant, so the call is refused"
+            )
+        if len(chain) >= MAX_CALL_DEPTH:
+            raise ActorError(
+                f"call chain too deep: {len(chain)} nested invocations (limit {MAX_CALL_DEPTH})"
+            )
+
     def _check_running(self) -> None:
         if self._state is not SandboxState.RUNNING:
             raise ActorError(f"the sandbox is {self._state.value}")
@@ -352,8 +404,9 @@ class Sandbox:
         budget = self._load_deadline
         expires_at = self._loop.time() + budget
         return Request(
-            req_id, actor_id, slot.index, RequestKind.LOAD, frame, budget, expires_at, future
-        )
+            req_id, actor_id, slot.index, RequestKind.LOAD, "", b"", frame, budget, expires_at,
+            future,
+        )  # fmt: skip
 
     def _spawn(self, index: int, delay: float = 0.0) -> WorkerProcess:
         self._generation += 1
@@ -364,6 +417,7 @@ class Sandbox:
             on_reply=self._on_reply,
             on_exit=self._on_exit,
             start_delay=delay,
+            chain_key=self._chain_key,
         )
         self._live.add(worker)
         self.stats.spawned += 1
@@ -424,16 +478,44 @@ class Sandbox:
                 self._respawn(slot)
             self._fail(unanswered, ActorError("the sandbox closed before the request ran"))
             return
-        culprit = unanswered.pop(0) if unanswered else None
+        # The status page says exactly which requests had started (bottom of the stack
+        # first); the others never ran in this worker.
+        by_id = {request.req_id: request for request in unanswered}
+        started = [by_id[req_id] for req_id in worker.started if req_id in by_id]
+        culprit = self._culprit(worker, started)
         if culprit is not None:
             self._blame(worker, culprit)
+        for request in started:
+            if request is not culprit:
+                self._fail([request], self._collateral(worker, request, culprit))
         if slot is not None:
             self._respawn(slot)
+        never_started = [r for r in unanswered if r.req_id not in worker.started]
         if self._state is not SandboxState.RUNNING:
-            self._fail(unanswered, ActorError("the sandbox closed before the request ran"))
+            self._fail(never_started, ActorError("the sandbox closed before the request ran"))
             return
-        for request in unanswered:  # queued behind the culprit: never started, safe to resend
+        for request in never_started:
             self._resend(request)
+
+    @staticmethod
+    def _culprit(worker: WorkerProcess, started: list[Request]) -> Request | None:
+        if worker.kill_reason == "deadline":
+            return next((r for r in started if r.req_id == worker.kill_target), None)
+        return started[-1] if started else None  # the top of the stack was the one running
+
+    @staticmethod
+    def _collateral(
+        worker: WorkerProcess, request: Request, culprit: Request | None
+    ) -> WorkerCrashed:
+        cause = (
+            f"{culprit.kind.value} of actor {culprit.actor_id} running nested in it"
+            if culprit is not None
+            else "worker"
+        )
+        return WorkerCrashed(
+            f"the {request.kind.value} of actor {request.actor_id} was waiting for a host call "
+            f"when the sandbox worker died ({_describe_exit(worker)}; cause: the {cause})"
+        )
 
     def _blame(self, worker: WorkerProcess, culprit: Request) -> None:
         timed_out = worker.kill_reason == "deadline" and worker.kill_target == culprit.req_id
@@ -479,6 +561,17 @@ class Sandbox:
         if request.actor_id in self._quarantined:
             self._fail([request], ActorQuarantined(f"actor {request.actor_id} is quarantined"))
             return
+        request.resends += 1
+        if request.resends > MAX_RESENDS:
+            # Its workers died before it could start, again and again (or we could not tell).
+            self._fail(
+                [request],
+                WorkerCrashed(
+                    f"{request.kind.value} of actor {request.actor_id} was not run: "
+                    f"{MAX_RESENDS + 1} workers died before it could start"
+                ),
+            )
+            return
         self.stats.resent += 1
         self._slots[request.slot].worker.submit(request)
 
@@ -521,9 +614,14 @@ class Sandbox:
             if now - worker.spawned_at > STARTUP_TIMEOUT_S:
                 worker.kill("startup timeout")
             return
-        if worker.inflight and not worker.in_host_call:
-            head = next(iter(worker.inflight.values()))
-            if now - worker.progress_at > head.budget:
+        # Only the top of the worker's stack runs, and only while its guest is not waiting
+        # for a host reply. A kill needs two identical readings a tick apart: a reading
+        # torn by a concurrent update can never match the next one.
+        top = worker.top()
+        seen, worker.last_seen = worker.last_seen, top
+        if top is not None and top.state == RUNNING and top == seen:
+            head = worker.inflight.get(top.req_id)
+            if head is not None and top.spent + (now - top.since) > head.budget:
                 worker.kill("deadline", head.req_id)
                 if head.future is not None and not head.future.done():
                     head.future.set_exception(
@@ -541,6 +639,20 @@ class Sandbox:
                         f"{request.budget:g} s deadline behind other requests"
                     )
                 )
+
+
+def _checked(operation: str, payload: bytes) -> bytes:
+    """Validate what a fast type/size test flagged, before it joins a shared frame."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise TypeError(f"the payload must be bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WorkerProtocolError(f"an invocation of {len(payload)} bytes exceeds the frame limit")
+    try:
+        operation.encode()
+    except UnicodeEncodeError:
+        raise ActorError(f"the operation name {operation!r:.80} is not valid UTF-8") from None
+    return payload
 
 
 def _describe_exit(worker: WorkerProcess) -> str:

@@ -1,17 +1,30 @@
 """The agent's handle on one sandbox worker process (used by :mod:`agent.runtime.sandbox`).
 
-A :class:`WorkerProcess` owns the subprocess, batches outgoing frames (one pipe write per
-event-loop iteration), reads replies in one loop per worker, serves the worker's host calls,
-pumps its stderr into ``logging`` with a rate limit, and tracks the requests in flight in
-the order they were sent. The worker answers in that order, so the oldest request in flight
-is the one running. Policy (deadlines, respawn, quarantine, recycling) is the sandbox's.
+A :class:`WorkerProcess` owns the subprocess and tracks the requests in flight on it. It is
+driven by pipe callbacks (an asyncio subprocess protocol), not by reader tasks: answers are
+decoded and handed to their callers in the callback that received them, which is the
+cheapest path asyncio has. Outgoing invocations queued during one event-loop iteration go
+out as one :class:`~agent.runtime.protocol.InvokeBatch` frame in one pipe write.
+
+Each host call a guest makes is served in its own task, so the worker's other answers keep
+flowing while a handler waits, in particular the answer of a nested invocation that the
+handler itself is waiting for. The task runs with :data:`CALL_CHAIN` extended by the calling
+request, which lets the sandbox refuse a call back into an actor already running further up
+the chain (waPC guests are not re-entrant) instead of letting it wait for itself.
+
+When the process is gone, :meth:`WorkerProcess.run` reads the worker's status page
+(:mod:`agent.runtime.statuspage`): answers still in its spill area are delivered, and
+``started`` lists the unanswered requests that had started (the rest never ran). Policy
+(deadlines, respawn, quarantine, recycling) is the sandbox's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
+import fcntl
 import logging
 import os
 import sys
@@ -27,24 +40,40 @@ from agent.runtime.protocol import (
     FrameDecoder,
     HostCall,
     HostReply,
+    InvokeItem,
     Log,
-    Message,
     Ready,
     Result,
+    decode_frames,
     decode_message,
+    encode_invoke_batch,
     encode_message,
 )
+from agent.runtime.statuspage import StackTop, StatusPage
+from agent.runtime.workerlog import StderrLog
 
-__all__ = ["HostCallRecord", "Request", "RequestKind", "WorkerProcess", "WorkerState"]
+__all__ = [
+    "CALL_CHAIN",
+    "HostCallRecord",
+    "Request",
+    "RequestKind",
+    "WorkerProcess",
+    "WorkerState",
+]
 
 log = logging.getLogger("agent.runtime.sandbox")
 
-READ_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024  # callers wait for the pipe above this much backlog
-STDERR_LINES_PER_S = 20.0
-STDERR_BURST = 50
-MAX_STDERR_LINE = 2000
+PIPE_READ_SIZE = 64 * 1024
+PIPE_BYTES = 256 * 1024
+BATCH_BYTES = 4 * 1024 * 1024  # an InvokeBatch frame is closed past this many payload bytes
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+CALL_CHAIN: contextvars.ContextVar[tuple[tuple[int, str], ...]] = contextvars.ContextVar(
+    "lattice_edge_call_chain", default=()
+)
+"""``(sandbox id, actor id)`` of every invocation whose host call the current task serves,
+outermost first; empty outside host-call handlers."""
 
 
 class WorkerState(enum.Enum):
@@ -53,7 +82,7 @@ class WorkerState(enum.Enum):
     STARTING = "starting"  # spawned (or about to be); requests queue up until it reads them
     READY = "ready"  # sent Ready; serving
     DRAINING = "draining"  # being recycled: no new requests, exits when its queue is empty
-    DEAD = "dead"  # exited or killed; its reader has finished
+    DEAD = "dead"  # exited or killed; its output has been read
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +113,26 @@ class Request:
     actor_id: str
     slot: int  # the sandbox slot whose worker runs it (kept when it is resent)
     kind: RequestKind
-    frame: bytes  # the encoded request, kept so it can be resent to a new worker
-    budget: float  # guest run time allowed once this request is the one running
+    operation: str  # invocations: what to run...
+    payload: bytes  # ...with what
+    frame: bytes  # loads/unloads: the encoded request, kept so it can be resent
+    budget: float  # guest run time allowed once the worker runs it
     expires_at: float  # the caller's absolute deadline (event loop clock)
     future: asyncio.Future[Result] | None
+    chain: tuple[tuple[int, str], ...] = ()  # CALL_CHAIN when it was made
     host_calls: list[HostCallRecord] | None = None
     worker: WorkerProcess | None = None  # the worker it was last sent to
+    resends: int = 0
 
 
 class WorkerProcess:
     """One worker subprocess and the requests in flight on it.
 
-    ``on_reply(worker, request, message)`` gets every Result/Failure (``request`` is None
-    for an unknown id); ``on_exit(worker)`` runs once, after the process has exited and
-    every byte of its stdout was read, with the unanswered requests still in ``inflight``.
+    ``on_reply(worker, request, message)`` gets every Failure, and the Results of requests
+    without a future (``request`` is None for an unknown id); ``on_exit(worker)`` runs once,
+    after the process has exited and all of its output was read, with the unanswered
+    requests still in ``inflight`` and the started ones listed in ``started``.
+    ``chain_key`` identifies the owning sandbox in :data:`CALL_CHAIN`.
     """
 
     def __init__(
@@ -109,79 +144,111 @@ class WorkerProcess:
         on_reply: Callable[[WorkerProcess, Request | None, Result | Failure], None],
         on_exit: Callable[[WorkerProcess], None],
         start_delay: float = 0.0,
+        chain_key: int = 0,
     ) -> None:
         self.name = name
         self.state = WorkerState.STARTING
         self.inflight: dict[int, Request] = {}
+        self.started: list[int] = []  # set at exit: unanswered requests that had started
         self.calls_sent = 0
         self.pid: int | None = None
         self.returncode: int | None = None
         self.kill_reason: str | None = None
         self.kill_target: int | None = None  # req_id running when we killed it
+        self.last_seen: StackTop | None = None  # the watchdog's previous reading
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.spawned_at = loop.time()
-        self.progress_at = self.spawned_at  # when the running request started (host calls excluded)
-        self.in_host_call = False
         self._memory_limit_mb = memory_limit_mb
         self._handler = host_call_handler
         self._on_reply = on_reply
         self._on_exit = on_exit
         self._start_delay = start_delay
-        self._proc: asyncio.subprocess.Process | None = None
+        self._chain_key = chain_key
+        self._page: StatusPage | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._decoder: FrameDecoder | None = FrameDecoder()
+        self._stderr = StderrLog(name, log)
         self._out: list[bytes] = []
+        self._batch: list[InvokeItem] = []
+        self._batch_bytes = 0
         self._flush_scheduled = False
         self._closing_input = False
+        self._drained: asyncio.Future[None] | None = None  # set while the pipe is backlogged
+        self._host_tasks: set[asyncio.Task[None]] = set()
+        self._open_pipes = {1, 2}
+        self._exited = False
+        self._done: asyncio.Future[None] = loop.create_future()
 
     # --- sending ----------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
         """Queue ``request`` to the worker (it runs after everything queued before it)."""
-        if not self.inflight:
-            self.progress_at = self._loop.time()
+        if request.kind is RequestKind.INVOKE:
+            self.submit_invoke(request)
+            return
         self.inflight[request.req_id] = request
         request.worker = self
-        if request.kind is RequestKind.INVOKE:
-            self.calls_sent += 1
-        self._queue(request.frame)
+        self._close_batch()
+        self._out.append(request.frame)
+        if not self._flush_scheduled and self._stdin is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def submit_invoke(self, request: Request) -> None:
+        """:meth:`submit` for an invocation (the hot path: it joins the pending batch)."""
+        req_id = request.req_id
+        self.inflight[req_id] = request
+        request.worker = self
+        self.calls_sent += 1
+        payload = request.payload
+        self._batch.append((req_id, request.actor_id, request.operation, payload))
+        self._batch_bytes += len(payload) + 64  # +64: the rest of the item, roughly
+        if self._batch_bytes > BATCH_BYTES:
+            self._close_batch()
+        if not self._flush_scheduled and self._stdin is not None:
+            # One write per loop iteration: pipelined callers share a frame and a syscall.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     @property
     def backlogged(self) -> bool:
         """True when so much is queued for the pipe that callers should wait."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            return sum(map(len, self._out)) > WRITE_HIGH_WATER
-        return proc.stdin.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        if self._stdin is None:
+            return self._batch_bytes + sum(map(len, self._out)) > WRITE_HIGH_WATER
+        return self._drained is not None
 
     async def wait_writable(self) -> None:
         """Wait until the pipe to the worker has drained below its high-water mark."""
-        while self.backlogged and self.state is not WorkerState.DEAD:
-            proc = self._proc
-            if proc is None or proc.stdin is None:
-                await asyncio.sleep(0.01)
-                continue
-            try:
-                await proc.stdin.drain()
-            except (ConnectionError, OSError):
-                return  # the worker died; its exit handling fails or resends the requests
-            return
+        if self._drained is not None:
+            await asyncio.shield(self._drained)
 
     def _queue(self, frame: bytes) -> None:
+        self._close_batch()  # keep the order of everything sent
         self._out.append(frame)
-        if not self._flush_scheduled and self._proc is not None:
-            # One write per loop iteration: pipelined callers share a syscall.
+        if not self._flush_scheduled and self._stdin is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def _close_batch(self) -> None:
+        if self._batch:
+            self._out.append(encode_invoke_batch(self._batch))
+            self._batch = []
+            self._batch_bytes = 0
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        proc = self._proc
-        if not self._out or proc is None or proc.stdin is None or self.state is WorkerState.DEAD:
+        stdin = self._stdin
+        if stdin is None or self.state is WorkerState.DEAD:
             return
-        data = b"".join(self._out)
+        self._close_batch()
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
-        if not proc.stdin.is_closing():
-            proc.stdin.write(data)
+        if not stdin.is_closing():
+            stdin.write(data)
 
     def drain_and_exit(self) -> None:
         """Stop taking requests; close the worker's stdin once nothing is in flight."""
@@ -199,10 +266,14 @@ class WorkerProcess:
         if self.kill_reason is None:
             self.kill_reason = reason
             self.kill_target = target
-        if self._proc is not None and self._proc.returncode is None:
-            # It may have exited on its own a moment ago; the reader then sees EOF.
+        if self._transport is not None and self._transport.get_returncode() is None:
+            # It may have exited on its own a moment ago; we then see EOF as usual.
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+                self._transport.kill()
+
+    def top(self) -> StackTop | None:
+        """What the worker runs now, from its status page (racy: see the watchdog)."""
+        return self._page.top() if self._page is not None and not self._exited else None
 
     # --- the process ------------------------------------------------------------------
 
@@ -213,67 +284,112 @@ class WorkerProcess:
                 await asyncio.sleep(self._start_delay)
             if self.kill_reason is None:
                 await self._spawn()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._pump_stderr())
-                    await self._read_replies()
-                self.returncode = await self._proc.wait() if self._proc else None
+                await self._done
         except OSError as exc:
             log.error("worker %s: cannot start: %s", self.name, exc)
             if self.kill_reason is None:
                 self.kill_reason = f"spawn failed: {exc}"
         finally:
-            if self._proc is not None and self._proc.returncode is None:
-                self._proc.kill()  # cancelled mid-run: never leave a worker behind
-                await asyncio.shield(self._proc.wait())
-            self.state = WorkerState.DEAD
-            self._out.clear()
+            transport = self._transport
+            if transport is not None:
+                if not self._done.done():
+                    self.kill(self.kill_reason or "cancelled")  # never leave a worker behind
+                    await asyncio.shield(self._done)
+                self.returncode = transport.get_returncode()
+                transport.close()
+            self._teardown()
         self._on_exit(self)
 
     async def _spawn(self) -> None:
         env = dict(os.environ)
         # The worker must import this very copy of the package, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agent.runtime.worker",
-            "--memory-limit-mb",
-            str(self._memory_limit_mb),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
-        )
-        self.pid = self._proc.pid
+        self._page, fd = StatusPage.create()
+        try:
+            transport, _ = await self._loop.subprocess_exec(
+                lambda: _Pipes(self),
+                sys.executable,
+                "-m",
+                "agent.runtime.worker",
+                "--memory-limit-mb",
+                str(self._memory_limit_mb),
+                "--status-fd",
+                str(fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                pass_fds=(fd,),
+                start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's
+            )
+        finally:
+            os.close(fd)
+        self._transport = transport
+        self.pid = transport.get_pid()
         self.spawned_at = self._loop.time()
-        if self._out and not self._flush_scheduled:
+        for fd in (0, 1):
+            _grow_pipe(transport.get_pipe_transport(fd))
+        stdout = transport.get_pipe_transport(1)
+        if stdout is not None and hasattr(stdout, "max_size"):
+            # asyncio reads 256 KiB at a time, which glibc serves with an mmap/munmap pair
+            # and page faults per read; a pipe never holds more than 64 KiB anyway.
+            stdout.max_size = PIPE_READ_SIZE
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        stdin.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._stdin = stdin
+        if self._out or self._batch:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    async def _read_replies(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        stdout = self._proc.stdout
-        decoder = FrameDecoder()
-        while True:
-            data = await stdout.read(READ_SIZE)
-            if not data:
-                return
-            try:
-                messages = [decode_message(body) for body in decoder.feed(data)]
-            except WorkerProtocolError as exc:
-                log.error("worker %s sent garbage, killing it: %s", self.name, exc)
-                self.kill(f"protocol error: {exc}")
-                continue  # keep reading until EOF so nothing is left in the pipe
-            await self._dispatch(messages)
+    def _teardown(self) -> None:
+        """The process is gone: salvage its spill area and stack, release everything."""
+        self.state = WorkerState.DEAD
+        self._exited = True
+        self._out.clear()
+        self._batch.clear()
+        for task in self._host_tasks:
+            task.cancel()  # the guest that waited for them is gone
+        self._resume_writing()
+        page = self._page
+        if page is None:
+            return
+        self._page = None
+        try:
+            spilled = page.spilled()
+            if spilled and self.inflight:
+                self._salvage(spilled)
+            inflight = self.inflight
+            self.started = [req_id for req_id in page.stack() if req_id in inflight]
+        finally:
+            page.close()
 
-    async def _dispatch(self, messages: list[Message]) -> None:
+    def _salvage(self, data: bytes) -> None:
+        try:
+            for body in FrameDecoder().feed(data):
+                message = decode_message(body)
+                # Only answers still owed: one may also have reached us through the pipe.
+                if type(message) in (Result, Failure) and message.req_id in self.inflight:  # type: ignore[union-attr]
+                    self._answer(message)  # type: ignore[arg-type]
+        except WorkerProtocolError as exc:
+            log.error("worker %s left an unreadable status page: %s", self.name, exc)
+
+    # --- receiving (pipe callbacks) ---------------------------------------------------
+
+    def _on_stdout(self, data: bytes) -> None:
+        decoder = self._decoder
+        if decoder is None:
+            return  # it sent garbage and is being killed
+        try:
+            messages = decode_frames(decoder.feed(data))
+        except WorkerProtocolError as exc:
+            log.error("worker %s sent garbage, killing it: %s", self.name, exc)
+            self._decoder = None
+            self.kill(f"protocol error: {exc}")
+            return
         inflight = self.inflight
-        arrived = self._loop.time()
         for message in messages:
             if type(message) is Result:
-                # Answers come in order: the next request started when this one ended.
-                self.progress_at = arrived
                 # The hot path, kept inline: a caller waiting for an invocation's result.
                 request = inflight.pop(message.req_id, None)
                 future = request.future if request is not None else None
@@ -283,15 +399,12 @@ class WorkerProcess:
                 else:
                     self._on_reply(self, request, message)
             elif type(message) is Failure:
-                self.progress_at = arrived
                 self._on_reply(self, inflight.pop(message.req_id, None), message)
             elif isinstance(message, HostCall):
-                await self._serve_host_call(message)
-                arrived = self._loop.time()
+                self._start_host_call(message)
             elif isinstance(message, Ready):
                 if self.state is WorkerState.STARTING:
                     self.state = WorkerState.READY
-                self.progress_at = self._loop.time()
                 log.debug(
                     "worker %s ready (pid %d, wasm3 %s)",
                     self.name,
@@ -304,12 +417,53 @@ class WorkerProcess:
                 self.kill(f"protocol error: unexpected {type(message).__name__}")
         self._maybe_close_input()
 
-    async def _serve_host_call(self, call: HostCall) -> None:
+    def _answer(self, message: Result | Failure) -> None:
+        request = self.inflight.pop(message.req_id, None)
+        future = request.future if request is not None else None
+        if type(message) is Result and future is not None:
+            if not future.done():
+                future.set_result(message)
+        else:
+            self._on_reply(self, request, message)
+
+    def _pipe_closed(self, fd: int) -> None:
+        self._open_pipes.discard(fd)
+        if fd == 2:
+            self._stderr.close()
+        self._maybe_done()
+
+    def _process_exited(self) -> None:
+        self._exited = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._exited and not self._open_pipes and not self._done.done():
+            self._done.set_result(None)
+
+    def _pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+
+    def _resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # --- host calls -------------------------------------------------------------------
+
+    def _start_host_call(self, call: HostCall) -> None:
         request = self.inflight.get(call.req_id)
+        context = contextvars.copy_context()
+        if request is not None:
+            chain = (*request.chain, (self._chain_key, request.actor_id))
+            context.run(CALL_CHAIN.set, chain)
+        task = self._loop.create_task(self._serve_host_call(call, request), context=context)
+        self._host_tasks.add(task)
+        task.add_done_callback(self._host_tasks.discard)
+
+    async def _serve_host_call(self, call: HostCall, request: Request | None) -> None:
         actor_id = request.actor_id if request is not None else ""
-        started = self._loop.time()
-        remaining = (request.expires_at - started) if request is not None else 0.0
-        self.in_host_call = True
+        remaining = (request.expires_at - self._loop.time()) if request is not None else 0.0
         error: str | None = None
         response = b""
         try:
@@ -332,10 +486,6 @@ class WorkerProcess:
                 exc_info=True,
             )
             error = str(exc) or type(exc).__name__
-        finally:
-            self.in_host_call = False
-            # The guest waited on us: that time does not count against its run budget.
-            self.progress_at += self._loop.time() - started
         if request is not None:
             if request.host_calls is None:
                 request.host_calls = []
@@ -349,42 +499,40 @@ class WorkerProcess:
                     error,
                 )
             )
-        self._queue(encode_message(HostReply(call.req_id, response, error)))
+        if self.state is not WorkerState.DEAD:
+            self._queue(encode_message(HostReply(call.req_id, response, error)))
 
-    async def _pump_stderr(self) -> None:
-        """Log the worker's stderr (trap backtraces) with a token-bucket rate limit.
 
-        It reads as fast as the worker writes: a recursion trap prints ~40k lines, and a
-        worker blocked on a full stderr pipe would look hung.
-        """
-        assert self._proc is not None and self._proc.stderr is not None
-        stderr = self._proc.stderr
-        tokens, last, dropped = float(STDERR_BURST), self._loop.time(), 0
-        partial = b""
-        while True:
-            data = await stderr.read(READ_SIZE)
-            if not data:
-                lines = [partial] if partial else []
-            else:
-                *lines, partial = (partial + data).split(b"\n")
-                if len(partial) > MAX_STDERR_LINE:
-                    lines.append(partial)
-                    partial = b""
-            now = self._loop.time()
-            tokens = min(float(STDERR_BURST), tokens + (now - last) * STDERR_LINES_PER_S)
-            last = now
-            for raw in lines:
-                if tokens < 1.0:
-                    dropped += 1
-                    continue
-                tokens -= 1.0
-                if dropped:
-                    log.warning("worker %s stderr: [%d lines suppressed]", self.name, dropped)
-                    dropped = 0
-                text = raw[:MAX_STDERR_LINE].decode("utf-8", "replace").rstrip()
-                if text:
-                    log.warning("worker %s stderr: %s", self.name, text)
-            if not data:
-                if dropped:
-                    log.warning("worker %s stderr: [%d lines suppressed]", self.name, dropped)
-                return
+def _grow_pipe(transport: asyncio.BaseTransport | None) -> None:
+    """Give a pipe PIPE_BYTES of buffer (Linux), so a burst of frames does not block."""
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    """Routes the subprocess transport's callbacks to its :class:`WorkerProcess`."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self._worker = worker
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            self._worker._on_stdout(data)
+        else:
+            self._worker._stderr.feed(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd != 0:
+            self._worker._pipe_closed(fd)
+
+    def process_exited(self) -> None:
+        self._worker._process_exited()
+
+    def pause_writing(self) -> None:
+        self._worker._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._worker._resume_writing()
