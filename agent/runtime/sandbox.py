@@ -33,7 +33,9 @@ Failure handling, in one place:
   ``quarantine_window_s`` is dropped; further calls raise :class:`ActorQuarantined`.
 * **Recycling.** After ``worker_recycle_calls`` invocations a worker is drained: new requests
   go to a fresh worker that reloads the slot's actors, the old one finishes what it has and
-  exits. This bounds pywasm3's per-call leaks.
+  exits. This bounds pywasm3's per-call leaks. The fresh worker is started at 3/4 of the
+  count and takes over once it is ready (at the latest at 5/4), so callers never wait for a
+  Python start-up.
 
 The failure policy lives in :mod:`agent.runtime.supervision` (a mixin of :class:`Sandbox`).
 """
@@ -143,6 +145,7 @@ class Sandbox(Supervision):
         self._stop = asyncio.Event()
         self._chain_key = id(self)
         self._recycle_calls = budgets.worker_recycle_calls
+        self._standby_at = max(1, self._recycle_calls * 3 // 4)
         self.stats = SandboxStats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -241,6 +244,8 @@ class Sandbox(Supervision):
         if slot.worker is not request.worker:
             # The slot was recycled or respawned while we loaded: its new worker needs it too.
             slot.worker.submit(self._load_request(slot, actor_id, wasm, internal=True))
+        if slot.standby is not None and slot.standby is not request.worker:
+            slot.standby.submit(self._load_request(slot, actor_id, wasm, internal=True))
 
     async def invoke(
         self, actor_id: str, operation: str, payload: bytes, deadline: float | None = None
@@ -282,7 +287,7 @@ class Sandbox(Supervision):
         )
         worker = slot.worker
         worker.submit_invoke(request)
-        if worker.calls_sent >= self._recycle_calls:
+        if worker.calls_sent >= self._standby_at:
             self._recycle(slot)
         if not worker.calls_sent & 63 and worker.backlogged:  # checked now and then: it's cheap
             await worker.wait_writable()
@@ -300,24 +305,19 @@ class Sandbox(Supervision):
         if slot is None:
             return
         slot.actors.pop(actor_id, None)
-        if self._state is SandboxState.RUNNING:
-            req_id = self._new_id()
-            frame = encode_message(Unload(req_id, actor_id))
-            expires_at = self._loop.time() + self._deadline
-            slot.worker.submit(
-                Request(
-                    req_id,
-                    actor_id,
-                    slot.index,
-                    RequestKind.UNLOAD,
-                    "",
-                    b"",
-                    frame,
-                    self._deadline,
-                    expires_at,
+        if self._state is not SandboxState.RUNNING:
+            return
+        for worker in (slot.worker, slot.standby):
+            if worker is not None:
+                req_id = self._new_id()
+                frame = encode_message(Unload(req_id, actor_id))
+                expires_at = self._loop.time() + self._deadline
+                kind = RequestKind.UNLOAD
+                request = Request(
+                    req_id, actor_id, slot.index, kind, "", b"", frame, self._deadline, expires_at,
                     None,
-                )
-            )
+                )  # fmt: skip
+                worker.submit(request)
 
     def actors(self) -> list[str]:
         """Ids of the loaded actors."""
@@ -402,8 +402,17 @@ class Sandbox(Supervision):
         old = slot.worker
         if old.state is WorkerState.DRAINING or self._state is not SandboxState.RUNNING:
             return
-        slot.worker = self._spawn(slot.index)
-        self._reload_into(slot, slot.worker)
+        standby = slot.standby
+        if standby is None:
+            slot.standby = standby = self._spawn(slot.index)
+            self._reload_into(slot, standby)
+        if old.calls_sent < self._recycle_calls:
+            return
+        if standby.state is not WorkerState.READY and (
+            old.calls_sent < self._recycle_calls + self._recycle_calls // 4
+        ):
+            return  # still starting: the old worker serves a little longer meanwhile
+        slot.worker, slot.standby = standby, None
         self.stats.recycled += 1
         log.debug("recycling worker %s after %d calls", old.name, old.calls_sent)
         old.drain_and_exit()

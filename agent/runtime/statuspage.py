@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 from typing import NamedTuple
 
 __all__ = [
@@ -98,6 +97,8 @@ class StatusPage:
         if hasattr(os, "memfd_create"):
             fd = os.memfd_create("lattice-edge-worker", os.MFD_CLOEXEC)
         else:  # not Linux: an unlinked temporary file does the same
+            import tempfile  # here: the worker imports this module, and start-up matters
+
             handle, path = tempfile.mkstemp(prefix="lattice-edge-worker-")
             os.unlink(path)
             fd = handle

@@ -73,6 +73,7 @@ class Slot:
     actors: dict[str, bytes] = field(default_factory=dict)  # actor id -> module bytes
     loading: int = 0
     failures: deque[float] = field(default_factory=deque)  # recent unplanned worker deaths
+    standby: WorkerProcess | None = None  # started ahead of a recycle, takes over when ready
 
 
 class Supervision:
@@ -107,6 +108,12 @@ class Supervision:
 
     def _on_exit(self, worker: WorkerProcess) -> None:
         self._live.discard(worker)
+        for standby_of in self._slots:
+            if standby_of.standby is worker:
+                # It held only copies of the slot's actors: forget it, the next recycle
+                # starts another one.
+                standby_of.standby = None
+                return
         unanswered = list(worker.inflight.values())
         worker.inflight.clear()
         slot = next((s for s in self._slots if s.worker is worker), None)
@@ -187,6 +194,10 @@ class Supervision:
             if len(slot.failures) <= 3
             else min(MAX_RESPAWN_DELAY_S, 0.1 * 2 ** len(slot.failures))
         )
+        if slot.standby is not None:
+            # A warm worker with the slot's actors is at hand (mid-recycle): it takes over.
+            slot.worker, slot.standby = slot.standby, None
+            return
         slot.worker = self._spawn(slot.index, delay)
         self._reload_into(slot, slot.worker)
 

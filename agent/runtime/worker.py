@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 __all__ = ["FLUSH_AGE_S", "FLUSH_EVERY", "SLOW_CALL_S", "Worker", "main"]
 
 READ_SIZE = 256 * 1024
-FLUSH_EVERY = 32  # frames held before a write: enough to amortise the syscall and wake-up
+FLUSH_EVERY = 16  # frames held before a write: enough to amortise the syscall and wake-up
 FLUSH_AGE_S = 0.001  # never hold a ready answer longer than this before starting a request
 SLOW_CALL_S = 0.001  # an actor slower than this gets the pipe flushed before it runs
 _PR_SET_PDEATHSIG = 1
