@@ -27,14 +27,17 @@ from agent.runtime.protocol import (
     HostCall,
     HostReply,
     Invoke,
+    InvokeBatch,
     Load,
     Log,
     Message,
     Ready,
     Result,
     Unload,
+    decode_frames,
     decode_message,
     encode_invoke,
+    encode_invoke_batch,
     encode_message,
     encode_result,
     error_from_wire,
@@ -45,6 +48,7 @@ MESSAGES: list[Message] = [
     Load(1, "actor", b"\x00asm", 65536),
     Invoke(2, "actor", "Echo.Echo", b"\x00\xff" * 10),
     Unload(3, "actor"),
+    InvokeBatch(((10, "a", "op", b"x"), (11, "b", "Echo.Echo", b""))),
     HostReply(4, b"reply", None),
     HostReply(5, b"", "no link exists for x on binding y"),
     Bye(),
@@ -73,6 +77,14 @@ def test_every_message_round_trips(message: Message) -> None:
 def test_fast_encoders_match_the_generic_one() -> None:
     assert encode_invoke(1, "a", "op", b"x") == encode_message(Invoke(1, "a", "op", b"x"))
     assert encode_result(1, b"x", ("l",)) == encode_message(Result(1, b"x", ("l",)))
+
+
+def test_batches_and_the_frame_decoder_fast_path() -> None:
+    items = [(i, "a", "echo", bytes([i])) for i in range(40)]
+    frame = encode_invoke_batch(items)
+    assert decode_message(body(frame)) == InvokeBatch(tuple(items))
+    stream = b"".join(encode_message(m) for m in MESSAGES)
+    assert decode_frames(FrameDecoder().feed(stream)) == MESSAGES
 
 
 def test_frames_split_anywhere_are_reassembled() -> None:
@@ -111,6 +123,9 @@ def test_oversized_frames_are_refused_before_buffering() -> None:
         (msgpack.packb([2, 1, "a", "op", "not-bytes"]), "wrong type"),
         (msgpack.packb([17, 1, b"", ["ok", 5]]), "console lines"),
         (msgpack.packb([4, 1, b"", 7]), "wrong type"),
+        (msgpack.packb([6, [[1, "a", "op", "not-bytes"]]]), "InvokeBatch items"),
+        (msgpack.packb([6, [7]]), "InvokeBatch items"),
+        (msgpack.packb([6, 7]), "wrong type"),
     ],
 )
 def test_garbage_is_a_clear_protocol_error(raw: bytes, match: str) -> None:
