@@ -105,3 +105,17 @@ def test_board_facts_read_a_fake_device_tree(tmp_path: Path) -> None:
     assert machine
     assert ram_mb > 0
     assert read_board_facts(tmp_path / "absent")[0] is None
+
+
+def test_docs_table_matches_the_profiles() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "profiles.md").read_text()
+    header = next(line for line in doc.splitlines() if line.startswith("| budget |"))
+    names = [cell.strip() for cell in header.strip("|").split("|")[1:]]
+    assert names == BOARDS
+    for line in doc.splitlines():
+        if not line.startswith("| `") or " — " not in line:
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        budget = cells[0].split("`")[1]
+        for name, cell in zip(names, cells[1:], strict=True):
+            assert float(cell) == getattr(load_profile(name).budgets, budget), (budget, name)
