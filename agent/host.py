@@ -308,7 +308,12 @@ class Host:
         router = HostCallRouter(
             caps_of, self.links, capabilities=await self._capabilities(), lattice=caller
         )
-        async with Sandbox(budgets, host_call_handler=router, on_quarantine=_quarantined) as box:
+        # Pack actors into as few workers as the budget allows: memory is what these
+        # boards lack, and a worker is ~10 MB whether it holds one actor or thirty.
+        per_worker = -(-budgets.max_actors // budgets.sandbox_workers)
+        async with Sandbox(
+            budgets, host_call_handler=router, on_quarantine=_quarantined, pack=per_worker
+        ) as box:
             self.registry = ActorRegistry(
                 box,
                 ModuleCache(self.config.host.data_dir / "modules"),

@@ -112,7 +112,9 @@ class Sandbox(Supervision):
     ``host_call_handler`` serves guests' host calls (default: :class:`BuiltinHostCalls`);
     ``on_quarantine(actor_id, reason)`` is called when an actor is quarantined.
     ``deadline_s``/``load_deadline_s`` default to the budget's invocation deadline (loads
-    get 5x: instantiating a large module on a Pi is slow).
+    get 5x: instantiating a large module on a Pi is slow). ``pack`` (actors per worker)
+    starts one worker and spawns the next only when every worker holds that many actors,
+    trading parallelism for memory: each idle worker costs about 10 MB.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class Sandbox(Supervision):
         load_deadline_s: float | None = None,
         quarantine_after: int = 3,
         quarantine_window_s: float = 60.0,
+        pack: int | None = None,
     ) -> None:
         self._budgets = budgets
+        self._pack = pack
         self._handler: HostCallHandler = host_call_handler or BuiltinHostCalls()
         self._on_quarantine = on_quarantine
         self._deadline = deadline_s if deadline_s is not None else budgets.invocation_deadline_s
@@ -161,7 +165,7 @@ class Sandbox(Supervision):
         self._loop = asyncio.get_running_loop()
         await self._tg.__aenter__()
         self._state = SandboxState.RUNNING
-        for index in range(self._budgets.sandbox_workers):
+        for index in range(1 if self._pack else self._budgets.sandbox_workers):
             self._slots.append(Slot(index, self._spawn(index)))
         self._tg.create_task(self._watchdog(), name="sandbox-watchdog")
         return self
@@ -202,6 +206,20 @@ class Sandbox(Supervision):
         self._stop.set()
         self._state = SandboxState.CLOSED
 
+    def _place(self) -> Slot:
+        """The slot a new actor goes to: the least loaded one, or, when packing, the least
+        loaded one with room, spawning another worker only once every slot is full."""
+        slots = self._slots
+        if self._pack:
+            with_room = [s for s in slots if len(s.actors) + s.loading < self._pack]
+            if with_room:
+                slots = with_room
+            elif len(self._slots) < self._budgets.sandbox_workers:
+                slot = Slot(len(self._slots), self._spawn(len(self._slots)))
+                self._slots.append(slot)
+                return slot
+        return min(slots, key=lambda s: (len(s.actors) + s.loading, len(s.worker.inflight)))
+
     # --- public API -------------------------------------------------------------------
 
     async def load(self, actor_id: str, wasm: bytes) -> None:
@@ -226,9 +244,7 @@ class Sandbox(Supervision):
                 raise ActorError(
                     f"cannot load {actor_id}: {self._budgets.max_actors} actors loaded"
                 )
-            slot = min(
-                self._slots, key=lambda s: (len(s.actors) + s.loading, len(s.worker.inflight))
-            )
+            slot = self._place()
         request = self._load_request(slot, actor_id, wasm, internal=False)
         slot.loading += 1
         try:
