@@ -114,6 +114,11 @@ def main() -> None:
             leaf_pid = agent.leaf_pid()
             assert leaf_pid is not None
             agent_mem, leaf_mem = memory(agent.process.pid), memory(leaf_pid)
+            workers = [
+                memory(child.pid)
+                for child in psutil.Process(agent.process.pid).children()
+                if child.pid != leaf_pid
+            ]
             emit(
                 "idle_memory",
                 idle_s=args.idle,
@@ -121,6 +126,11 @@ def main() -> None:
                 nats_server=leaf_mem,
                 total_pss_mb=round(agent_mem["pss_mb"] + leaf_mem["pss_mb"], 1),
                 goal_pss_mb=45,
+                sandbox_workers=workers,
+                whole_stack_pss_mb=round(
+                    agent_mem["pss_mb"] + leaf_mem["pss_mb"] + sum(w["pss_mb"] for w in workers),
+                    1,
+                ),
             )
         finally:
             agent.terminate()
