@@ -69,8 +69,13 @@ def not_an_object(body: bytes) -> bool:
         return True
 
 
+# msgpack holds integers in [-2**63, 2**64); JSON gets the same range so one strategy serves
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
