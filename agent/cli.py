@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -32,6 +32,9 @@ from agent.config import (
 )
 from agent.errors import ConfigError, LatticeEdgeError
 from agent.identity.keys import KeyKind, generate, is_public_key, write_seed_file
+
+if TYPE_CHECKING:
+    from agent.lattice.client import LatticeClient
 
 _debug = {"enabled": bool(os.environ.get("LATTICE_EDGE_DEBUG"))}
 logger = logging.getLogger("lattice_edge.cli")
@@ -571,16 +574,8 @@ def actor_call(
 @config_option
 def actor_start(actor_ref: str, count: int, config_path: Path | None) -> None:
     """Start an actor on the local host through the lattice; print its key."""
-    from agent.lattice.client import connect
-
     config, host_id = _local_host(config_path)
-
-    async def go() -> dict[str, Any]:
-        async with connect(f"nats://{config.leaf.listen}") as client:
-            client.lattice = config.host.lattice
-            return await client.start_actor(host_id, actor_ref, count)
-
-    started = asyncio.run(go())
+    started = _on_lattice(config, lambda client: client.start_actor(host_id, actor_ref, count))
     click.echo(started["public_key"])
 
 
@@ -589,16 +584,8 @@ def actor_start(actor_ref: str, count: int, config_path: Path | None) -> None:
 @config_option
 def actor_stop(actor_key: str, config_path: Path | None) -> None:
     """Stop every instance of an actor on the local host."""
-    from agent.lattice.client import connect
-
     config, host_id = _local_host(config_path)
-
-    async def go() -> None:
-        async with connect(f"nats://{config.leaf.listen}") as client:
-            client.lattice = config.host.lattice
-            await client.stop_actor(host_id, actor_key)
-
-    asyncio.run(go())
+    _on_lattice(config, lambda client: client.stop_actor(host_id, actor_key))
     click.echo(f"stopped {actor_key}", err=True)
 
 
@@ -607,16 +594,8 @@ def actor_stop(actor_key: str, config_path: Path | None) -> None:
 @config_option
 def actor_list(as_json: bool, config_path: Path | None) -> None:
     """List the actors the local host runs (its lattice inventory)."""
-    from agent.lattice.client import connect
-
     config, host_id = _local_host(config_path)
-
-    async def go() -> dict[str, Any]:
-        async with connect(f"nats://{config.leaf.listen}") as client:
-            client.lattice = config.host.lattice
-            return await client.inventory(host_id)
-
-    inventory = asyncio.run(go())
+    inventory = _on_lattice(config, lambda client: client.inventory(host_id))
     if as_json:
         click.echo(json.dumps(inventory, indent=2))
         return
@@ -638,23 +617,33 @@ def actor_invoke(
 ) -> None:
     """Invoke a running actor over the lattice (signed with this host's cluster key)."""
     from agent.identity.host import load_host_keys
-    from agent.lattice.client import connect
 
     config, host_id = _local_host(config_path)
     cluster_key = load_host_keys(config.keys_dir).cluster
     body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
-
-    async def go() -> bytes:
-        async with connect(f"nats://{config.leaf.listen}") as client:
-            client.lattice = config.host.lattice
-            reply = await client.invoke(
-                actor_key, operation, body, cluster_key=cluster_key, host_id=host_id,
-                timeout=timeout,
-            )  # fmt: skip
-            return reply.response
-
-    sys.stdout.buffer.write(asyncio.run(go()))
+    reply = _on_lattice(
+        config,
+        lambda client: client.invoke(
+            actor_key, operation, body, cluster_key=cluster_key, host_id=host_id, timeout=timeout
+        ),
+    )
+    sys.stdout.buffer.write(reply.response)
     sys.stdout.buffer.flush()
+
+
+T = TypeVar("T")
+
+
+def _on_lattice(config: Config, work: Callable[[LatticeClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a lattice client on the local host's leaf node."""
+    from agent.lattice.client import connect
+
+    async def go() -> T:
+        url = f"nats://{config.leaf.listen}"
+        async with connect(url, lattice=config.host.lattice) as client:
+            return await work(client)
+
+    return asyncio.run(go())
 
 
 def _local_host(config_path: Path | None) -> tuple[Config, str]:

@@ -70,8 +70,7 @@ async def _actors(config: Config, host_id: str) -> list[dict[str, Any]]:
     from agent.lattice.client import connect
 
     try:
-        async with connect(f"nats://{config.leaf.listen}") as client:
-            client.lattice = config.host.lattice
+        async with connect(f"nats://{config.leaf.listen}", lattice=config.host.lattice) as client:
             inventory = await client.inventory(host_id)
     except LatticeEdgeError:
         return []

@@ -37,7 +37,9 @@ class CallReply:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, *, creds: str | None = None) -> AsyncIterator[LatticeClient]:
+async def connect(
+    url: str, *, lattice: str = "default", creds: str | None = None
+) -> AsyncIterator[LatticeClient]:
     """Connect to a NATS server (a host's local port, or the cloud) for lattice control."""
     import nats
     import nats.errors
@@ -54,7 +56,7 @@ async def connect(url: str, *, creds: str | None = None) -> AsyncIterator[Lattic
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc
     try:
-        yield LatticeClient(client)
+        yield LatticeClient(client, lattice)
     finally:
         with contextlib.suppress(Exception):
             await client.close()
