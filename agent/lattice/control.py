@@ -249,9 +249,7 @@ class ControlServer:
         )
         return codec.ack()
 
-    async def _start_work(
-        self, actor_ref: str, count: int, annotations: Mapping[str, str]
-    ) -> RunningActor | None:
+    async def _start_work(self, actor_ref: str, count: int, annotations: Mapping[str, str]) -> None:
         try:
             before = self._instance_ids(actor_ref)
             actor = await self._registry.start(actor_ref, count, annotations)
@@ -259,12 +257,11 @@ class ControlServer:
             logger.error("cannot start %s: %s", actor_ref, exc)
             failed = events.actor_start_failed(actor_ref=actor_ref, error=str(exc))
             self.emit("actor_start_failed", failed)
-            return None
+            return
         await self._on_change()
         for instance in actor.instances:
             if instance.instance_id not in before:
                 self._started_event(actor, instance)
-        return actor
 
     def _instance_ids(self, actor_ref: str) -> set[str]:
         return {

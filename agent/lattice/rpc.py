@@ -43,8 +43,6 @@ logger = logging.getLogger("lattice_edge.rpc")
 MAX_IN_FLIGHT = 256  # requests served at once; beyond this NATS buffers them
 CALL_TIMEOUT_S = 10.0
 
-Publisher = Callable[[str, bytes], Any]
-
 
 class RpcServer:
     """Serves invocations for the actors in ``registry``."""
