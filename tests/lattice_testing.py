@@ -240,3 +240,63 @@ def alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+class NatsServerProcess:
+    """A plain nats-server with JetStream on a free loopback port, for capability tests.
+
+    Its log goes to ``nats.log`` and its JetStream store under ``js/`` in ``directory``.
+    """
+
+    def __init__(self, directory: Path, binary: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.binary = binary
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServerProcess:
+        log = (self.dir / "nats.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(self.binary), "-a", "127.0.0.1", "-p", str(self.port),
+                "-m", str(self.monitor_port), "-js", "-sd", str(self.dir / "js"),
+            ],
+            stdout=log,
+            stderr=log,
+        )  # fmt: skip
+        log.close()
+        wait_until(
+            lambda: http_json(self.monitor_port, "/healthz?js-enabled-only=true"),
+            15,
+            "nats-server with JetStream to be ready",
+            step=0.02,
+        )
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+    def __enter__(self) -> NatsServerProcess:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_nats_server(directory: Path, binary: Path | None = None) -> NatsServerProcess:
+    """Start a JetStream-enabled nats-server in ``directory``; stop it with ``.stop()``
+    (or use the result as a context manager)."""
+    if binary is None:
+        from agent.leaf.binary import find_nats_server
+
+        binary = find_nats_server().path
+    return NatsServerProcess(directory, binary).start()
