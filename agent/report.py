@@ -1,0 +1,72 @@
+"""Plain-text renderings of the reports the CLI prints (``status``, ``actor inspect``).
+
+Kept apart from the click layer so they can be tested and reused without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_inspect", "format_status"]
+
+
+def _yes(flag: object) -> str:
+    return "up" if flag else "down"
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The human-readable ``lattice-edge status`` report."""
+    agent, leaf, upstream, device = (
+        report["agent"], report["leaf"], report["upstream"], report["device"]
+    )  # fmt: skip
+    lines = [
+        f"agent    : {_yes(agent['up'])}" + (f" (pid {agent['pid']})" if agent["pid"] else ""),
+        f"host id  : {agent['host_id'] or '-'}",
+        f"leaf     : {_yes(leaf['up'])} {leaf.get('version') or ''} at {agent['client_url']}",
+    ]
+    if upstream["configured"]:
+        state = "connected" if upstream["connected"] else "not connected"
+        lines.append(f"upstream : {state} ({', '.join(upstream['configured'])})")
+    else:
+        lines.append("upstream : none configured (standalone)")
+    for actor in report.get("actors", []):
+        lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
+    temperature = device["temperature_c"]
+    load = " ".join(f"{x:.2f}" for x in device["load_average"])
+    lines += [
+        f"profile  : {report['profile']}",
+        f"memory   : {device['memory_available_mb']} MB free of {device['memory_total_mb']} MB",
+        f"cpu      : {device['cpu_percent']}%  load {load}",
+        f"disk     : {device['disk_free_mb']} MB free ({device['disk_percent']}% used)",
+        f"temp     : {f'{temperature:.1f} °C' if temperature is not None else 'n/a'}",
+    ]
+    return "\n".join(lines)
+
+
+def format_inspect(report: dict[str, Any]) -> str:
+    """The human-readable ``lattice-edge actor inspect`` report."""
+    claims = report.get("claims") or {}
+    memory = report.get("memory") or {}
+    admitted = report.get("memory_admitted") or {}
+    imports = ", ".join(f"{i['module']}.{i['name']}" for i in report.get("imports", []))
+    exports = ", ".join(e["name"] for e in report.get("exports", []))
+    hash_state = {True: "matches", False: "DOES NOT MATCH", None: "-"}[report.get("hash_matches")]
+    verdict = report["verdict"]
+    lines = [
+        f"size      : {report.get('size')} bytes",
+        f"name      : {claims.get('name') or '-'}",
+        f"issuer    : {claims.get('issuer') or '(unsigned)'}",
+        f"subject   : {claims.get('subject') or '-'}",
+        f"caps      : {', '.join(claims.get('caps') or []) or '-'}",
+        f"tags      : {', '.join(claims.get('tags') or []) or '-'}",
+        f"rev / ver : {claims.get('rev', '-')} / {claims.get('ver') or '-'}",
+        f"expires   : {claims.get('expires_iso') or 'never'}",
+        f"hash      : {report.get('module_hash')} ({hash_state})",
+        f"imports   : {imports or '-'}",
+        f"exports   : {exports or '-'}",
+        f"memory    : {memory.get('min_pages', '-')}..{memory.get('max_pages') or 'unbounded'} "
+        f"pages, admitted as ..{admitted.get('max_pages', '-')}",
+        "verdict   : " + ("accepted" if verdict["accepted"] else f"rejected: {verdict['reason']}"),
+    ]
+    lines += [f"warning   : {warning}" for warning in report.get("warnings", [])]
+    return "\n".join(lines)
