@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.fsutil import write_atomic
+from agent.lattice.control_codec import LinkDefinition
 
-__all__ = ["DesiredActor", "DesiredLink", "DesiredState", "StateStore"]
+__all__ = ["DesiredActor", "DesiredState", "StateStore"]
 
 logger = logging.getLogger("lattice_edge.state")
 STATE_VERSION = 1
@@ -37,34 +38,18 @@ class DesiredActor:
 
 
 @dataclass(frozen=True, slots=True)
-class DesiredLink:
-    """A link definition: actor ``actor_id`` reaches ``provider_id`` for ``contract_id``."""
-
-    actor_id: str
-    provider_id: str
-    contract_id: str
-    link_name: str = "default"
-    values: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """What identifies a link: (actor, contract, link name)."""
-        return (self.actor_id, self.contract_id, self.link_name)
-
-
-@dataclass(frozen=True, slots=True)
 class DesiredState:
     """Everything that should be running."""
 
     actors: tuple[DesiredActor, ...] = ()
-    links: tuple[DesiredLink, ...] = ()
+    links: tuple[LinkDefinition, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The file's contents."""
         return {
             "version": STATE_VERSION,
             "actors": [asdict(a) | {"annotations": dict(a.annotations)} for a in self.actors],
-            "links": [asdict(link) | {"values": dict(link.values)} for link in self.links],
+            "links": [link.to_json() for link in self.links],
         }
 
     @classmethod
@@ -114,10 +99,10 @@ def _actor(item: object) -> DesiredActor:
     )
 
 
-def _link(item: object) -> DesiredLink:
+def _link(item: object) -> LinkDefinition:
     if not isinstance(item, dict):
         raise ValueError("a link entry must be an object")
-    return DesiredLink(
+    return LinkDefinition(
         actor_id=_text(item, "actor_id"),
         provider_id=_text(item, "provider_id"),
         contract_id=_text(item, "contract_id"),

@@ -27,7 +27,6 @@ from agent.lattice.actors import ActorInstance, ActorRegistry, RunningActor
 from agent.lattice.hostcalls import LinkTable
 from agent.lattice.refs import parse_ref
 from agent.lattice.subjects import ControlKind
-from agent.state import DesiredLink
 
 __all__ = ["ControlServer", "HostFacts", "host_labels"]
 
@@ -233,7 +232,7 @@ class ControlServer:
         return codec.claims_reply(claims)
 
     async def _get_links(self, _body: bytes) -> dict[str, Any] | None:
-        return codec.links_reply(_link_definition(link) for link in self._links.all())
+        return codec.links_reply(self._links.all())
 
     async def _auction(self, body: bytes) -> dict[str, Any] | None:
         auction = codec.parse_actor_auction(body)
@@ -389,10 +388,7 @@ class ControlServer:
 
     async def _put_link(self, body: bytes) -> dict[str, Any] | None:
         link = codec.parse_linkdef_put(body)
-        self._links.put(
-            DesiredLink(link.actor_id, link.provider_id, link.contract_id, link.link_name,
-                        dict(link.values))
-        )  # fmt: skip
+        self._links.put(link)
         await self._on_change()
         self.emit("linkdef_set", events.linkdef_set(link))
         return codec.ack()
@@ -439,14 +435,4 @@ def _actor_info(actor: RunningActor) -> codec.ActorInfo:
             )
             for instance in actor.instances
         ),
-    )
-
-
-def _link_definition(link: DesiredLink) -> codec.LinkDefinition:
-    return codec.LinkDefinition(
-        actor_id=link.actor_id,
-        contract_id=link.contract_id,
-        provider_id=link.provider_id,
-        link_name=link.link_name,
-        values=dict(link.values),
     )

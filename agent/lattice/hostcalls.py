@@ -23,8 +23,8 @@ from typing import Protocol
 from agent.errors import HostCallError
 from agent.identity.keys import KeyKind, is_public_key
 from agent.lattice.actors import actor_of
+from agent.lattice.control_codec import LinkDefinition
 from agent.runtime.builtins import LOGGING, NUMBERGEN, BuiltinHostCalls, no_link_error
-from agent.state import DesiredLink
 
 __all__ = ["CapabilityServer", "HostCallRouter", "LatticeCaller", "LinkTable"]
 
@@ -57,7 +57,7 @@ class LatticeCaller(Protocol):
         ...
 
     async def call_provider(
-        self, origin: str, link: DesiredLink, operation: str, payload: bytes
+        self, origin: str, link: LinkDefinition, operation: str, payload: bytes
     ) -> bytes:
         """Invoke the provider a link definition points at."""
         ...
@@ -66,24 +66,28 @@ class LatticeCaller(Protocol):
 class LinkTable:
     """Link definitions, by (actor, contract, link name)."""
 
-    def __init__(self, links: Collection[DesiredLink] = ()) -> None:
-        self._links = {link.key: link for link in links}
+    def __init__(self, links: Collection[LinkDefinition] = ()) -> None:
+        self._links = {_key(link): link for link in links}
 
-    def put(self, link: DesiredLink) -> None:
+    def put(self, link: LinkDefinition) -> None:
         """Add or replace a link definition."""
-        self._links[link.key] = link
+        self._links[_key(link)] = link
 
-    def delete(self, actor_id: str, contract_id: str, link_name: str) -> DesiredLink | None:
+    def delete(self, actor_id: str, contract_id: str, link_name: str) -> LinkDefinition | None:
         """Remove a link definition; return it if it existed."""
         return self._links.pop((actor_id, contract_id, link_name), None)
 
-    def find(self, actor_id: str, contract_id: str, link_name: str) -> DesiredLink | None:
+    def find(self, actor_id: str, contract_id: str, link_name: str) -> LinkDefinition | None:
         """The link an actor's call with this namespace and binding uses."""
         return self._links.get((actor_id, contract_id, link_name or "default"))
 
-    def all(self) -> tuple[DesiredLink, ...]:
+    def all(self) -> tuple[LinkDefinition, ...]:
         """Every link definition, in a stable order."""
         return tuple(self._links[key] for key in sorted(self._links))
+
+
+def _key(link: LinkDefinition) -> tuple[str, str, str]:
+    return (link.actor_id, link.contract_id, link.link_name)
 
 
 class HostCallRouter:

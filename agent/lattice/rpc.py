@@ -27,6 +27,7 @@ from agent.errors import (
 from agent.identity.keys import KeyPair
 from agent.lattice import events, subjects
 from agent.lattice.actors import ActorRegistry
+from agent.lattice.control_codec import LinkDefinition
 from agent.lattice.invocation import (
     Invocation,
     InvocationResponse,
@@ -34,7 +35,6 @@ from agent.lattice.invocation import (
     new_invocation,
     validate_invocation,
 )
-from agent.state import DesiredLink
 
 __all__ = ["LatticeRpcClient", "RpcServer"]
 
@@ -177,7 +177,7 @@ class LatticeRpcClient:
         )
 
     async def call_provider(
-        self, origin: str, link: DesiredLink, operation: str, payload: bytes
+        self, origin: str, link: LinkDefinition, operation: str, payload: bytes
     ) -> bytes:
         """Invoke the provider behind a link definition."""
         target = WasmCloudEntity(link.provider_id, link.contract_id, link.link_name)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.state import DesiredActor, DesiredLink, DesiredState, StateStore
+from agent.lattice.control_codec import LinkDefinition
+from agent.state import DesiredActor, DesiredState, StateStore
 
 ACTOR = DesiredActor("MABC", "file:///opt/a.wasm", "ab" * 32, 2, {"team": "greenhouse"})
-LINK = DesiredLink("MABC", "VPROV", "wasmcloud:keyvalue", "default", {"URL": "redis://x"})
+LINK = LinkDefinition("MABC", "wasmcloud:keyvalue", "VPROV", "default", {"URL": "redis://x"})
 
 
 def test_round_trip(tmp_path: Path) -> None:
