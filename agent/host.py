@@ -413,10 +413,14 @@ class Host:
                 )
             except LatticeEdgeError as exc:
                 logger.error("cannot restore actor %s: %s", wanted.actor_id, exc)
-        if self.demo and not desired.actors:
-            demo = await registry.start(f"file://{demo_actor_path()}")
-            answer = await registry.invoke(demo.actor_id, "Greet", self.config.host.name.encode())
-            self.demo_greeting = answer.response.decode("utf-8", "replace")
+        if self.demo:
+            demo = next((a for a in registry.running() if a.name == DEMO_ACTOR_NAME), None)
+            if demo is None and not desired.actors:
+                demo = await registry.start(f"file://{demo_actor_path()}")
+            if demo is not None:
+                name = self.config.host.name.encode()
+                answer = await registry.invoke(demo.actor_id, "Greet", name)
+                self.demo_greeting = answer.response.decode("utf-8", "replace")
         self.save_state()
 
     def save_state(self) -> None:
@@ -447,6 +451,9 @@ class Host:
 
 def _quarantined(actor_id: str, reason: str) -> None:
     logger.error("actor %s quarantined: %s", actor_id, reason)
+
+
+DEMO_ACTOR_NAME = "Lattice Edge demo echo"
 
 
 def demo_actor_path() -> Path:
