@@ -37,12 +37,6 @@ Failure handling, in one place:
   count and takes over once it is ready (at the latest at 5/4), so callers never wait for a
   Python start-up.
 
-**Zygote.** Workers are forked by the sandbox's zygote (:mod:`agent.runtime.zygote`; pass
-``zygote=False`` to spawn each one plainly): no Python start-up per recycle or respawn, and
-pages shared copy-on-write. A forked worker is still the agent's child, with its own
-``RLIMIT_AS`` and parent-death signal; a dead zygote is started again, and workers are
-spawned plainly while it cannot be.
-
 The failure policy lives in :mod:`agent.runtime.supervision` (a mixin of :class:`Sandbox`).
 """
 
@@ -85,8 +79,6 @@ from agent.runtime.workerproc import (
     WorkerProcess,
     WorkerState,
 )
-from agent.runtime.zygote import SUPPORTED as zygote_supported
-from agent.runtime.zygote import Zygote
 from profiles import Budgets
 
 __all__ = [
@@ -136,11 +128,9 @@ class Sandbox(Supervision):
         quarantine_after: int = 3,
         quarantine_window_s: float = 60.0,
         pack: int | None = None,
-        zygote: bool = True,
     ) -> None:
         self._budgets = budgets
         self._pack = pack
-        self._zygote = Zygote() if zygote and zygote_supported else None
         self._handler: HostCallHandler = host_call_handler or BuiltinHostCalls()
         self._on_quarantine = on_quarantine
         self._deadline = deadline_s if deadline_s is not None else budgets.invocation_deadline_s
@@ -214,8 +204,6 @@ class Sandbox(Supervision):
         for worker in list(self._live):
             worker.kill("sandbox closed")
         self._stop.set()
-        if self._zygote is not None:
-            await self._zygote.close()
         self._state = SandboxState.CLOSED
 
     def _place(self) -> Slot:
@@ -416,7 +404,6 @@ class Sandbox(Supervision):
             on_exit=self._on_exit,
             start_delay=delay,
             chain_key=self._chain_key,
-            zygote=self._zygote,
         )
         self._live.add(worker)
         self.stats.spawned += 1

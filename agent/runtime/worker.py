@@ -363,7 +363,7 @@ class Worker:
             view = view[written:]
 
 
-def _harden(memory_limit_mb: int, parent: int | None = None) -> None:
+def _harden(memory_limit_mb: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit_mb > 0:
         import resource
@@ -382,8 +382,8 @@ def _harden(memory_limit_mb: int, parent: int | None = None) -> None:
             # brk about once a batch, page faults included. Keep up to 1 MiB instead.
             libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_HEAP_BYTES)
             libc.mallopt(_M_TOP_PAD, _HEAP_PAD_BYTES)
-        if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
-            os._exit(0)  # the agent died before prctl took effect
+        if os.getppid() == 1:  # the agent died before prctl took effect
+            os._exit(0)
 
 
 def _private_pipes() -> tuple[int, int]:
@@ -407,9 +407,17 @@ def _parse_args(args: list[str]) -> dict[str, int] | None:
     return options
 
 
-def serve(memory_limit_mb: int, status_fd: int | None, parent: int | None = None) -> int:
-    """Harden this process and serve requests on fds 0/1 until EOF; return the exit code."""
-    _harden(memory_limit_mb, parent)
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse the options, harden the process, serve until EOF."""
+    options = _parse_args(sys.argv[1:] if argv is None else argv)
+    if options is None:
+        print(
+            "usage: python -m agent.runtime.worker [--memory-limit-mb N] [--status-fd FD]",
+            file=sys.stderr,
+        )
+        return 2
+    _harden(options.get("--memory-limit-mb", 0))
+    status_fd = options.get("--status-fd")
     page = StatusPage(status_fd)
     if status_fd is not None:
         os.close(status_fd)  # the mapping stays; the fd is not needed any more
@@ -418,112 +426,6 @@ def serve(memory_limit_mb: int, status_fd: int | None, parent: int | None = None
         return Worker(in_fd, out_fd, page).run()
     except (_AgentGone, BrokenPipeError):
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse the options, harden the process, serve until EOF."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) == 2 and args[0] == "--zygote" and args[1].isdigit():
-        return zygote(int(args[1]))
-    options = _parse_args(args)
-    if options is None:
-        print(
-            "usage: python -m agent.runtime.worker [--memory-limit-mb N] [--status-fd FD]\n"
-            "       python -m agent.runtime.worker --zygote CONTROL_FD",
-            file=sys.stderr,
-        )
-        return 2
-    return serve(options.get("--memory-limit-mb", 0), options.get("--status-fd"))
-
-
-# --- the zygote ---------------------------------------------------------------------------
-
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "arm64": 220, "riscv64": 220}
-_CLONE_PARENT = 0x8000
-_SIGCHLD = 17  # the exit signal, in the low byte of the clone flags
-
-
-def zygote(control_fd: int) -> int:
-    """Fork workers on request, each one a child of the agent (``--zygote``).
-
-    ``control_fd`` is a SOCK_SEQPACKET socket to the agent. Each request is the worker's
-    memory limit in decimal with four fds attached (SCM_RIGHTS): its stdin, stdout and
-    stderr pipe ends and its status page. The zygote answers with the new worker's pid (or
-    ``-errno``). It imports what a worker needs once, and never loads a module itself:
-    every worker starts from its clean pages, shared copy-on-write, without a Python
-    start-up. The clone is ``CLONE_PARENT``: the worker is the agent's child exactly as a
-    spawned one would be (the agent reaps it, its parent-death signal follows the agent)
-    and outlives a zygote that dies.
-    """
-    import ctypes
-    import gc
-    import platform
-    import socket
-
-    import wasm3  # noqa: F401  (imported for the workers' sake)
-
-    import agent.runtime.wapc  # noqa: F401
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    agent_pid = os.getppid()
-    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across clone
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != agent_pid or agent_pid == 1:
-        return 0
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
-    number = _SYS_CLONE[platform.machine()]
-    api = ctypes.pythonapi
-    control = socket.socket(fileno=control_fd)
-    control.send(b"ready")
-    gc.collect()
-    gc.freeze()  # the collector in a worker then leaves the shared pages alone
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(control, 64, 4)
-        except ConnectionError:
-            return 0
-        if not message:
-            return 0  # the agent closed the socket: its sandbox is done
-        if len(fds) != 4 or not message.isdigit():
-            for fd in fds:
-                os.close(fd)
-            control.send(b"-22")
-            continue
-        sys.stdout.flush()
-        sys.stderr.flush()
-        api.PyOS_BeforeFork()
-        pid = syscall(number, _CLONE_PARENT | _SIGCHLD, 0, 0, 0, 0)
-        if pid == 0:
-            code = 70
-            try:
-                api.PyOS_AfterFork_Child()
-                control.close()
-                code = _forked_worker(fds, int(message), agent_pid)
-            finally:
-                os._exit(code)
-        errno = ctypes.get_errno()
-        api.PyOS_AfterFork_Parent()
-        for fd in fds:
-            os.close(fd)
-        control.send(str(pid if pid > 0 else -errno).encode())
-
-
-def _forked_worker(fds: list[int], memory_limit_mb: int, agent_pid: int) -> int:
-    stdin, stdout, stderr, status_fd = fds
-    os.setsid()  # a Ctrl-C on the agent's terminal is the agent's
-    for target, fd in enumerate((stdin, stdout, stderr)):
-        os.dup2(fd, target)
-    for fd in (stdin, stdout, stderr):
-        if fd > 2:
-            os.close(fd)
-    try:
-        return serve(memory_limit_mb, status_fd, agent_pid)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        return 70
 
 
 if __name__ == "__main__":

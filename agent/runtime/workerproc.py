@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.errors import HostCallError, WorkerProtocolError
 from agent.runtime.builtins import HostCallHandler
@@ -50,7 +51,6 @@ from agent.runtime.protocol import (
 )
 from agent.runtime.statuspage import StackTop, StatusPage
 from agent.runtime.workerlog import StderrLog
-from agent.runtime.zygote import Zygote, worker_env
 
 __all__ = [
     "CALL_CHAIN",
@@ -67,6 +67,7 @@ WRITE_HIGH_WATER = 8 * 1024 * 1024  # callers wait for the pipe above this much 
 PIPE_READ_SIZE = 64 * 1024
 PIPE_BYTES = 256 * 1024
 BATCH_BYTES = 4 * 1024 * 1024  # an InvokeBatch frame is closed past this many payload bytes
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 CALL_CHAIN: contextvars.ContextVar[tuple[tuple[int, str], ...]] = contextvars.ContextVar(
     "lattice_edge_call_chain", default=()
@@ -144,7 +145,6 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None],
         start_delay: float = 0.0,
         chain_key: int = 0,
-        zygote: Zygote | None = None,
     ) -> None:
         self.name = name
         self.state = WorkerState.STARTING
@@ -165,7 +165,6 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._start_delay = start_delay
         self._chain_key = chain_key
-        self._zygote = zygote
         self._page: StatusPage | None = None
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
@@ -302,31 +301,29 @@ class WorkerProcess:
         self._on_exit(self)
 
     async def _spawn(self) -> None:
+        env = dict(os.environ)
+        # The worker must import this very copy of the package, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         self._page, fd = StatusPage.create()
         try:
-            transport: asyncio.SubprocessTransport | None = None
-            if self._zygote is not None:
-                transport = await self._zygote.spawn(_Pipes(self), fd, self._memory_limit_mb)
-            if transport is None:
-                transport, _ = await self._loop.subprocess_exec(
-                    lambda: _Pipes(self),
-                    sys.executable,
-                    "-m",
-                    "agent.runtime.worker",
-                    "--memory-limit-mb",
-                    str(self._memory_limit_mb),
-                    "--status-fd",
-                    str(fd),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env=worker_env(),
-                    pass_fds=(fd,),
-                    start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's
-                )
+            transport, _ = await self._loop.subprocess_exec(
+                lambda: _Pipes(self),
+                sys.executable,
+                "-m",
+                "agent.runtime.worker",
+                "--memory-limit-mb",
+                str(self._memory_limit_mb),
+                "--status-fd",
+                str(fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                pass_fds=(fd,),
+                start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's
+            )
         finally:
             os.close(fd)
-        assert transport is not None
         self._transport = transport
         self.pid = transport.get_pid()
         self.spawned_at = self._loop.time()
