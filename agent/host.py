@@ -29,6 +29,7 @@ from agent.errors import LatticeEdgeError, LeafConfigError
 from agent.fsutil import write_atomic
 from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
 from agent.identity.jwt import read_creds
+from agent.identity.tls import check_pem_certificate
 from agent.lattice.actors import ActorRegistry
 from agent.lattice.control import ControlServer, HostFacts, host_labels
 from agent.lattice.hostcalls import HostCallRouter, LinkTable
@@ -105,6 +106,9 @@ def prepare_host(config: Config, *, create_keys: bool = False, demo: bool = Fals
         for path in (upstream.tls_ca_file, upstream.tls_cert_file, upstream.tls_key_file):
             if path is not None and not path.is_file():
                 raise LeafConfigError(f"upstream TLS file {path} does not exist")
+        for path in (upstream.tls_ca_file, upstream.tls_cert_file):
+            if path is not None:
+                check_pem_certificate(path)
     server = find_nats_server(config.leaf.nats_server)
     return Host(config, keys=keys, board=board, server=server, demo=demo)
 

@@ -18,6 +18,7 @@ from agent.errors import ConfigError
 from agent.fsutil import write_atomic, write_secret
 from agent.identity.host import ensure_host_keys
 from agent.identity.jwt import format_creds, read_creds
+from agent.identity.tls import check_pem_certificate
 
 __all__ = ["InitRequest", "InitResult", "initialise", "render_config"]
 
@@ -37,6 +38,7 @@ class InitRequest:
     monitor: str | None = None
     upstreams: tuple[str, ...] = ()
     upstream_creds: Path | None = None
+    upstream_tls_ca: Path | None = None
     trusted_issuers: tuple[str, ...] = ()
     cluster_issuers: tuple[str, ...] = ()
 
@@ -83,6 +85,8 @@ def render_config(request: InitRequest, creds_path: Path | None) -> str:
         lines += ["", "[upstream]", f"urls = {_toml_list(request.upstreams)}"]
         if creds_path is not None:
             lines.append(f"credentials = {_toml_string(str(creds_path))}")
+        if request.upstream_tls_ca is not None:
+            lines.append(f"tls_ca_file = {_toml_string(str(request.upstream_tls_ca))}")
     return "\n".join(lines) + "\n"
 
 
@@ -94,8 +98,11 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
                 HostPort.parse(address)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
-    if request.upstream_creds is not None and not request.upstreams:
-        raise ConfigError("--upstream-creds needs --upstream URL")
+    if (request.upstream_creds or request.upstream_tls_ca) and not request.upstreams:
+        raise ConfigError("--upstream-creds and --upstream-tls-ca need --upstream URL")
+    if request.upstream_tls_ca is not None:
+        check_pem_certificate(request.upstream_tls_ca)
+        request = dataclasses.replace(request, upstream_tls_ca=request.upstream_tls_ca.resolve())
     data_dir = request.data_dir.expanduser().resolve()
     request = dataclasses.replace(request, data_dir=data_dir)
     creds = read_creds(request.upstream_creds) if request.upstream_creds else None

@@ -78,7 +78,10 @@ class Hub:
     cloud-side client. Ports stay the same across :meth:`stop` and :meth:`start`.
     """
 
-    def __init__(self, directory: Path, binary: Path) -> None:
+    def __init__(
+        self, directory: Path, binary: Path, *, leaf_tls: tuple[Path, Path] | None = None
+    ) -> None:
+        self.leaf_tls = leaf_tls  # (certificate, key) for a TLS leafnode listener
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.binary = binary
@@ -126,8 +129,14 @@ class Hub:
             f'jetstream {{ store_dir: "{self.dir / "js"}", domain: hub }}\n'
             # advertise, not no_advertise: a 2.9 leaf refuses a hub that advertises nothing
             f'leafnodes {{ listen: "127.0.0.1:{self.leaf_port}", '
-            f'advertise: "127.0.0.1:{self.leaf_port}" }}\n'
+            f'advertise: "127.0.0.1:{self.leaf_port}"{self._leaf_tls()} }}\n'
         )
+
+    def _leaf_tls(self) -> str:
+        if self.leaf_tls is None:
+            return ""
+        cert, key = self.leaf_tls
+        return f', tls: {{ cert_file: "{cert}", key_file: "{key}" }}'
 
     @property
     def client_url(self) -> str:
@@ -135,7 +144,8 @@ class Hub:
 
     @property
     def leaf_url(self) -> str:
-        return f"nats-leaf://127.0.0.1:{self.leaf_port}"
+        scheme = "tls" if self.leaf_tls else "nats-leaf"
+        return f"{scheme}://127.0.0.1:{self.leaf_port}"
 
     def start(self) -> None:
         log = (self.dir / "hub.log").open("ab")
@@ -248,7 +258,10 @@ class NatsServerProcess:
     Its log goes to ``nats.log`` and its JetStream store under ``js/`` in ``directory``.
     """
 
-    def __init__(self, directory: Path, binary: Path) -> None:
+    def __init__(
+        self, directory: Path, binary: Path, *, leaf_tls: tuple[Path, Path] | None = None
+    ) -> None:
+        self.leaf_tls = leaf_tls  # (certificate, key) for a TLS leafnode listener
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.binary = binary

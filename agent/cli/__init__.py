@@ -90,6 +90,12 @@ def cli(debug: bool) -> None:
     help=".creds file for the upstream link (copied, mode 0600).",
 )
 @click.option(
+    "--upstream-tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificate (PEM) that signed the hub's TLS certificate, for private hubs.",
+)
+@click.option(
     "--trust-issuer",
     "trust_issuers",
     multiple=True,
@@ -114,6 +120,7 @@ def init(
     monitor: str | None,
     upstreams: tuple[str, ...],
     upstream_creds: Path | None,
+    upstream_tls_ca: Path | None,
     trust_issuers: list[str],
     cluster_issuers: list[str],
     force: bool,
@@ -134,6 +141,7 @@ def init(
             monitor=monitor,
             upstreams=upstreams,
             upstream_creds=upstream_creds,
+            upstream_tls_ca=upstream_tls_ca,
             trusted_issuers=tuple(trust_issuers),
             cluster_issuers=tuple(cluster_issuers),
         ),
