@@ -8,7 +8,7 @@ routes it by namespace. Logging and numbergen live in :mod:`agent.runtime.builti
 
 from __future__ import annotations
 
-from agent.capabilities.base import Capabilities, Capability, HostCallFunc
+from agent.capabilities.base import Capabilities, Capability
 from agent.capabilities.keyvalue import KEYVALUE, KeyValueCapability
 from agent.capabilities.kvstore import DEFAULT_BUCKET, KeyValueSettings
 from agent.capabilities.messaging import MESSAGING, MessagingCapability, MessagingLimits
@@ -19,7 +19,6 @@ __all__ = [
     "MESSAGING",
     "Capabilities",
     "Capability",
-    "HostCallFunc",
     "KeyValueCapability",
     "KeyValueSettings",
     "MessagingCapability",

@@ -11,7 +11,7 @@ NATS and one local bucket, so there is nothing to choose between.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Protocol
 
 from agent.errors import (
@@ -21,18 +21,9 @@ from agent.errors import (
     UnknownCapability,
 )
 
-__all__ = ["Capabilities", "Capability", "HostCallFunc", "operation_name"]
+__all__ = ["Capabilities", "Capability", "operation_name"]
 
 log = logging.getLogger(__name__)
-
-
-class HostCallFunc(Protocol):
-    """A host-call handler, structurally the sandbox's ``HostCallHandler``, so a registry
-    can sit in front of it without this package importing the runtime."""
-
-    def __call__(
-        self, actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
-    ) -> Awaitable[bytes]: ...
 
 
 class Capability(Protocol):
@@ -139,25 +130,3 @@ class Capabilities:
             raise CapabilityUnavailable(
                 f"{namespace} {operation}: internal error ({type(exc).__name__})"
             ) from exc
-
-    def host_call_handler(
-        self,
-        caps_of: Callable[[str], Collection[str]],
-        fallback: HostCallFunc | None = None,
-    ) -> HostCallFunc:
-        """A sandbox host-call handler: built-in namespaces here, the rest to ``fallback``.
-
-        ``caps_of(actor_id)`` returns the actor's claimed capabilities. Without a
-        fallback, other namespaces fail like :meth:`call` does.
-        """
-
-        async def handle(
-            actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
-        ) -> bytes:
-            if fallback is not None and namespace not in self._by_contract:
-                return await fallback(actor_id, binding, namespace, operation, payload)
-            return await self.call(
-                actor_id, caps_of(actor_id), binding, namespace, operation, payload
-            )
-
-        return handle

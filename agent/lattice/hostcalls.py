@@ -45,7 +45,7 @@ class CapabilityServer(Protocol):
         operation: str,
         payload: bytes,
     ) -> bytes:
-        """Serve one call (claims already checked by the router, checked again there)."""
+        """Serve one call; refuses namespaces missing from ``claims_caps``."""
         ...
 
 
@@ -129,7 +129,7 @@ class HostCallRouter:
                 raise HostCallError("linked providers need a lattice connection")
             return await self._lattice.call_provider(actor_id, link, operation, payload)
         if self._capabilities is not None and namespace in self._capabilities:
-            self._require(actor_id, caps, namespace)
+            # Capabilities.call checks the claim itself, with the same message.
             return await self._capabilities.call(
                 actor_id, caps, binding, namespace, operation, payload
             )

@@ -422,22 +422,25 @@ async def test_registry_enforces_claims(
         caps.register(kv)
 
 
-async def test_registry_as_host_call_handler(kv: KeyValueCapability) -> None:
-    seen: list[tuple[str, ...]] = []
+async def test_router_serves_builtins_device_capabilities_and_nothing_else(
+    kv: KeyValueCapability,
+) -> None:
+    """The host's router in front of the registry: claims gate every capability."""
+    from agent.lattice.hostcalls import HostCallRouter, LinkTable
 
-    async def fallback(
-        actor_id: str, binding: str, namespace: str, operation: str, payload: bytes
-    ) -> bytes:
-        seen.append((actor_id, binding, namespace, operation))
-        return b"fallback"
-
-    handler = Capabilities([kv]).host_call_handler(lambda actor: [KEYVALUE], fallback)
-    assert await handler(ACTOR, "default", KEYVALUE, "KeyValue.Contains", pack("k")) == pack(False)
-    assert await handler(ACTOR, "b", "wasmcloud:httpclient", "Request", b"") == b"fallback"
-    assert seen == [(ACTOR, "b", "wasmcloud:httpclient", "Request")]
-    strict = Capabilities([kv]).host_call_handler(lambda actor: [])
-    with pytest.raises(CapabilityDenied):
-        await strict(ACTOR, "default", KEYVALUE, "KeyValue.Contains", pack("k"))
+    caps = {ACTOR: [KEYVALUE, "wasmcloud:builtin:numbergen"], "bare": []}
+    router = HostCallRouter(caps.get, LinkTable(), capabilities=Capabilities([kv]))
+    assert await router(ACTOR, "default", KEYVALUE, "KeyValue.Contains", pack("k")) == pack(False)
+    guid = await router(ACTOR, "", "wasmcloud:builtin:numbergen", "NumberGen.GenerateGuid", b"")
+    assert len(msgpack.unpackb(guid)) == 36
+    with pytest.raises(HostCallError, match="no link exists for wasmcloud:httpclient"):
+        await router(ACTOR, "b", "wasmcloud:httpclient", "Request", b"")
+    with pytest.raises(CapabilityDenied, match="missing capability claim"):
+        await router("bare", "default", KEYVALUE, "KeyValue.Contains", pack("k"))
+    with pytest.raises(HostCallError, match="missing capability claim"):
+        await router("bare", "", "wasmcloud:builtin:numbergen", "NumberGen.Random32", b"")
+    with pytest.raises(HostCallError, match="not running"):
+        await router("gone", "", KEYVALUE, "KeyValue.Contains", pack("k"))
 
 
 async def test_registry_turns_crashes_into_host_errors(caplog: pytest.LogCaptureFixture) -> None:
@@ -515,17 +518,18 @@ async def test_echo_actor_publishes_through_the_capability(
 ) -> None:
     """echo_messaging (wasmCloud/wascap fixture) answers a message by host-calling
     Messaging.Publish to its replyTo; that publish must reach a real NATS subscriber."""
-    from agent.runtime.builtins import BuiltinHostCalls
+    from agent.lattice.hostcalls import HostCallRouter, LinkTable
     from agent.runtime.sandbox import Sandbox
     from profiles import load_profile
 
     budgets = load_profile("generic-x86_64").budgets.replace(
         sandbox_workers=1, invocation_deadline_s=10.0, worker_memory_limit_mb=384
     )
-    claims = {"echo": [MESSAGING, "wasmcloud:builtin:logging"], "mute": []}
-    handler = Capabilities([messaging]).host_call_handler(
-        lambda actor: claims[actor], BuiltinHostCalls()
-    )
+    claims = {
+        "echo": [MESSAGING, "wasmcloud:builtin:logging"],
+        "mute": ["wasmcloud:builtin:logging"],
+    }
+    handler = HostCallRouter(claims.get, LinkTable(), capabilities=Capabilities([messaging]))
     inbox = f"_INBOX.edge.{uuid.uuid4().hex}"
     sub = await nc.subscribe(inbox)
     wasm = (third_party_dir / "echo_messaging_v0.9.0.wasm").read_bytes()
