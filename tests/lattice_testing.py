@@ -258,10 +258,7 @@ class NatsServerProcess:
     Its log goes to ``nats.log`` and its JetStream store under ``js/`` in ``directory``.
     """
 
-    def __init__(
-        self, directory: Path, binary: Path, *, leaf_tls: tuple[Path, Path] | None = None
-    ) -> None:
-        self.leaf_tls = leaf_tls  # (certificate, key) for a TLS leafnode listener
+    def __init__(self, directory: Path, binary: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.binary = binary

@@ -18,9 +18,16 @@ pytestmark = pytest.mark.integration
 
 
 def init_device(
-    tmp_path: Path, ports: dict[str, int], upstream: str | None = None, creds: Path | None = None
+    tmp_path: Path,
+    ports: dict[str, int],
+    upstream: str | None = None,
+    creds: Path | None = None,
+    *extra: str,
 ) -> tuple[Path, Path, str]:
-    """``lattice-edge init`` a device in ``tmp_path/device``; return (config, data, host id)."""
+    """``lattice-edge init`` a device in ``tmp_path/device``; return (config, data, host id).
+
+    ``extra`` are more ``init`` arguments.
+    """
     config = tmp_path / "device" / "agent.toml"
     data = tmp_path / "device" / "data"
     args = [
@@ -31,7 +38,7 @@ def init_device(
         args += ["--upstream", upstream]
     if creds:
         args += ["--upstream-creds", str(creds)]
-    result = run_cli(*args)
+    result = run_cli(*args, *extra)
     assert result.returncode == 0, result.stderr
     host_id = result.stdout.strip()
     assert host_id.startswith("N") and len(host_id) == 56

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lattice_testing import AgentProcess, Hub, run_cli, wait_until
-from test_leaf_upstream import receive_one
+from test_leaf_upstream import init_device, receive_one
 
 from agent.leaf.binary import NatsServer
 
@@ -72,17 +72,11 @@ async def test_leaf_link_over_tls(
     ca, cert, key = make_ca_and_server_cert(tmp_path / "pki")
     with Hub(tmp_path / "hub", nats_server.path, leaf_tls=(cert, key)) as hub:
         assert hub.leaf_url.startswith("tls://")
-        config = tmp_path / "device" / "agent.toml"
-        init = run_cli(
-            "init", "--config", str(config), "--data-dir", str(tmp_path / "device" / "data"),
-            "--listen", f"127.0.0.1:{ports['client']}",
-            "--monitor", f"127.0.0.1:{ports['monitor']}",
-            "--upstream", hub.leaf_url, "--upstream-creds", str(hub.leaf_creds),
-            "--upstream-tls-ca", str(ca),
-        )  # fmt: skip
-        assert init.returncode == 0, init.stderr
+        config, data, _ = init_device(
+            tmp_path, ports, hub.leaf_url, hub.leaf_creds, "--upstream-tls-ca", str(ca)
+        )
         assert f'tls_ca_file = "{ca}"' in config.read_text()
-        agent = agent_factory(config, tmp_path / "device" / "data").start()
+        agent = agent_factory(config, data).start()
         agent.wait_ready()
         wait_until(lambda: hub.leaf_connections() >= 1, 20, "the TLS leaf link")
         device = await nats.connect(f"nats://127.0.0.1:{ports['client']}")
@@ -104,16 +98,10 @@ def test_a_hub_signed_by_another_ca_is_refused(
     _, cert, key = make_ca_and_server_cert(tmp_path / "hub-pki")
     other_ca, _, _ = make_ca_and_server_cert(tmp_path / "other-pki")
     with Hub(tmp_path / "hub", nats_server.path, leaf_tls=(cert, key)) as hub:
-        config = tmp_path / "agent.toml"
-        init = run_cli(
-            "init", "--config", str(config), "--data-dir", str(tmp_path / "data"),
-            "--listen", f"127.0.0.1:{ports['client']}",
-            "--monitor", f"127.0.0.1:{ports['monitor']}",
-            "--upstream", hub.leaf_url, "--upstream-creds", str(hub.leaf_creds),
-            "--upstream-tls-ca", str(other_ca),
-        )  # fmt: skip
-        assert init.returncode == 0, init.stderr
-        agent = agent_factory(config, tmp_path / "data").start()
+        config, data, _ = init_device(
+            tmp_path, ports, hub.leaf_url, hub.leaf_creds, "--upstream-tls-ca", str(other_ca)
+        )
+        agent = agent_factory(config, data).start()
         agent.wait_ready()
         time.sleep(3)
         assert hub.leaf_connections() == 0
