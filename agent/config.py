@@ -28,6 +28,7 @@ __all__ = [
     "LeafSettings",
     "TrustSettings",
     "UpstreamSettings",
+    "config_target",
     "default_config_path",
     "default_data_dir",
     "embedded_default",
@@ -153,6 +154,15 @@ def default_data_dir() -> Path:
         return Path("/var/lib/lattice-edge")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "lattice-edge"
+
+
+def config_target(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """Where the config file is or goes, by the same precedence, whether or not it exists."""
+    environ = os.environ if env is None else env
+    if explicit is not None:
+        return explicit
+    named = environ.get(CONFIG_ENV)
+    return Path(named) if named else default_config_path()
 
 
 def locate_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path | None:

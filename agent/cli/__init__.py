@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from agent.cli.common import (
     public_keys_option,
     setup_logging,
 )
-from agent.config import CONFIG_ENV, default_config_path, default_data_dir, embedded_default
+from agent.config import config_target, default_data_dir, embedded_default
 from agent.errors import ConfigError, LatticeEdgeError
 from agent.identity.keys import KeyKind, generate, write_seed_file
 
@@ -128,8 +127,7 @@ def init(
     """Write the config and host keys; print the host's public key."""
     from agent.provision import InitRequest, initialise
 
-    target = config_path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV)
-                             else default_config_path())  # fmt: skip
+    target = config_target(config_path)
     result = initialise(
         InitRequest(
             config_path=target,

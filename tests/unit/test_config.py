@@ -151,3 +151,12 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""), env={})
     with pytest.raises(AttributeError):
         config.log_level = "debug"  # type: ignore[misc]
+
+
+def test_config_target_follows_the_same_precedence(tmp_path: Path) -> None:
+    from agent.config import config_target, default_config_path
+
+    named = tmp_path / "named.toml"
+    assert config_target(named, env={"LATTICE_EDGE_CONFIG": "/x.toml"}) == named
+    assert config_target(None, env={"LATTICE_EDGE_CONFIG": "/x.toml"}) == Path("/x.toml")
+    assert config_target(None, env={}) == default_config_path()
