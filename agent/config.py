@@ -22,10 +22,12 @@ from profiles import AUTO, BUDGET_FIELDS, ProfileLoadError, available_profiles, 
 
 __all__ = [
     "CONFIG_ENV",
+    "ActorSettings",
     "Config",
     "HostPort",
     "HostSettings",
     "LeafSettings",
+    "LocalUserSettings",
     "TrustSettings",
     "UpstreamSettings",
     "config_target",
@@ -35,11 +37,13 @@ __all__ = [
     "load_config",
     "locate_config",
     "parse_config",
+    "redact_url",
 ]
 
 CONFIG_ENV = "LATTICE_EDGE_CONFIG"
 ENV_PREFIX = "LATTICE_EDGE_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -77,6 +81,17 @@ class HostSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalUserSettings:
+    """A ``[[leaf.local_users]]`` entry: a local client with its own permissions."""
+
+    name: str
+    password_file: Path | None
+    nkey: str | None
+    publish: tuple[str, ...] | None  # allow list; None: the anonymous user's rules
+    subscribe: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class LeafSettings:
     """The local nats-server leaf node."""
 
@@ -87,6 +102,8 @@ class LeafSettings:
     jetstream: bool
     jetstream_domain: str | None
     sync_interval: str | None
+    allow_anonymous: bool = True
+    local_users: tuple[LocalUserSettings, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +128,15 @@ class TrustSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ActorSettings:
+    """Where actor modules may come from, and which unverifiable ones may run anyway."""
+
+    file_roots: tuple[Path, ...]  # file:// references must resolve inside one of these
+    allow_legacy_claims: bool  # run modules whose claims' hash cannot be verified
+    pinned_modules: tuple[str, ...]  # SHA-256 digests (hex) of modules trusted as they are
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is None for the embedded default."""
 
@@ -120,6 +146,8 @@ class Config:
     trust: TrustSettings
     budgets: Mapping[str, int | float]
     log_level: str
+    actors: ActorSettings = ActorSettings((), False, ())
+    log_format: str = "text"
     source: Path | None = None
 
     @property
@@ -209,14 +237,15 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
 def embedded_default_table() -> dict[str, Any]:
     """The raw table ``run`` uses when there is no config file anywhere.
 
-    It trusts the demo issuer, and only it: that key's seed is public (the demo actor is
-    rebuilt from the repository), so no written config trusts it unless told to.
+    It pins the demo actor by its digest and trusts no issuer: the demo issuer's seed is
+    public (the demo actor is rebuilt from the repository), so trusting it would let
+    anyone sign a module this host runs.
     """
-    from agent.runtime.demo import DEMO_ISSUER
+    from agent.runtime.demo import DEMO_SHA256
 
     return {
         "host": {"data_dir": str(default_data_dir() / "embedded")},
-        "trust": {"trusted_issuers": [DEMO_ISSUER]},
+        "actors": {"pinned_modules": [DEMO_SHA256]},
     }
 
 
@@ -348,8 +377,36 @@ def _budget_converter(key: str) -> Callable[[Any], int | float]:
 
 def _url(value: Any) -> str:
     text = _string(value)
-    if not re.match(r"^(nats-leaf|nats|tls|ws|wss)://[^\s/]+", text):
-        raise ValueError(f"'{text}' must be a nats-leaf://, tls://, ws:// or wss:// URL")
+    match = re.match(r"^(nats-leaf|nats|tls|ws|wss)://([^\s/]+)", text)
+    if not match:
+        raise ValueError(
+            f"'{redact_url(text)}' must be a nats-leaf://, tls://, ws:// or wss:// URL"
+        )
+    if "@" in match.group(2):
+        # A password in a URL ends up in logs, status output and world-readable files.
+        raise ValueError(
+            f"'{redact_url(text)}' carries credentials; put them in a .creds file "
+            "(upstream.credentials) instead"
+        )
+    return text
+
+
+def redact_url(text: str) -> str:
+    """``text`` with any ``user:password@`` part of a URL replaced by ``***@``."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
+
+
+def _sha256(value: Any) -> str:
+    text = _string(value).lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError(f"'{text}' is not a SHA-256 digest (64 hex digits)")
+    return text
+
+
+def _user_key(value: Any) -> str:
+    text = _string(value)
+    if not is_public_key(text, KeyKind.USER):
+        raise ValueError(f"'{text}' is not a public user key (U…)")
     return text
 
 
@@ -394,8 +451,9 @@ def parse_config(
     lf = _Reader(raw.get("leaf"), "leaf", source, overrides)
     lf.reject_unknown(
         {"nats_server", "listen", "monitor", "ready_timeout_s", "jetstream",
-         "jetstream_domain", "sync_interval"}
+         "jetstream_domain", "sync_interval", "allow_anonymous", "local_users"}
     )  # fmt: skip
+    no_users: tuple[LocalUserSettings, ...] = ()
     leaf = LeafSettings(
         nats_server=lf.get("nats_server", None, optional_path),
         listen=lf.get("listen", HostPort("127.0.0.1", 4222), _host_port),
@@ -404,6 +462,12 @@ def parse_config(
         jetstream=lf.get("jetstream", True, _bool),
         jetstream_domain=lf.get("jetstream_domain", None, lambda v: _name(v) if v else None),
         sync_interval=lf.get("sync_interval", None, lambda v: _string(v) or None),
+        allow_anonymous=lf.get("allow_anonymous", True, _bool),
+        local_users=lf.get(
+            "local_users",
+            no_users,
+            lambda v: _local_users(v, source, overrides, path_of),
+        ),
     )
     if leaf.listen == leaf.monitor:
         raise lf.error("monitor", "must differ from leaf.listen")
@@ -438,15 +502,32 @@ def parse_config(
         allow_unsigned=t.get("allow_unsigned", False, _bool),
     )
 
+    a = _Reader(raw.get("actors"), "actors", source, overrides)
+    a.reject_unknown({"file_roots", "allow_legacy_claims", "pinned_modules"})
+    actors = ActorSettings(
+        file_roots=a.get(
+            "file_roots",
+            (host.data_dir / "actors",),
+            lambda v: tuple(path_of(item) for item in _string_list(v)),
+        ),
+        allow_legacy_claims=a.get("allow_legacy_claims", False, _bool),
+        pinned_modules=a.get(
+            "pinned_modules", (), lambda v: tuple(_sha256(item) for item in _string_list(v))
+        ),
+    )
+
     b = _Reader(raw.get("budgets"), "budgets", source, overrides)
     b.reject_unknown(set(BUDGET_FIELDS))
     budgets = {key: b.get(key, 0.0, _budget_converter(key)) for key in b.table}
 
     lg = _Reader(raw.get("log"), "log", source, overrides)
-    lg.reject_unknown({"level"})
+    lg.reject_unknown({"level", "format"})
     log_level = lg.get("level", "info", _string).lower()
     if log_level not in LOG_LEVELS:
         raise lg.error("level", f"must be one of {', '.join(LOG_LEVELS)}")
+    log_format = lg.get("format", "text", _string).lower()
+    if log_format not in LOG_FORMATS:
+        raise lg.error("format", f"must be one of {', '.join(LOG_FORMATS)}")
 
     return Config(
         host=host,
@@ -455,8 +536,39 @@ def parse_config(
         trust=trust,
         budgets=budgets,
         log_level=log_level,
+        actors=actors,
+        log_format=log_format,
         source=source,
     )
+
+
+def _local_users(
+    value: Any,
+    source: Path | None,
+    overrides: Mapping[str, tuple[str, str]] | None,
+    path_of: Callable[[Any], Path],
+) -> tuple[LocalUserSettings, ...]:
+    if not isinstance(value, list):
+        raise TypeError("must be an array of tables ([[leaf.local_users]])")
+    users: list[LocalUserSettings] = []
+    for index, table in enumerate(value):
+        r = _Reader(table, f"leaf.local_users[{index}]", source, overrides)
+        r.reject_unknown({"name", "password_file", "nkey", "publish", "subscribe"})
+        if "name" not in r.table:
+            raise r.error("name", "is required")
+        user = LocalUserSettings(
+            name=r.get("name", "", _name),
+            password_file=r.get("password_file", None, path_of),
+            nkey=r.get("nkey", None, _user_key),
+            publish=r.get("publish", None, _string_list),
+            subscribe=r.get("subscribe", None, _string_list),
+        )
+        if (user.password_file is None) == (user.nkey is None):
+            raise r.error("password_file", "give exactly one of password_file and nkey")
+        if user.name in ("local", *(u.name for u in users)):
+            raise r.error("name", f"'{user.name}' is taken")
+        users.append(user)
+    return tuple(users)
 
 
 # --- environment overrides -------------------------------------------------------------
@@ -464,7 +576,7 @@ def parse_config(
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
-_SECTIONS = ("host", "leaf", "upstream", "trust", "budgets", "log")
+_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log")
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:

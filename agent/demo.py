@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.config import HostPort, LeafSettings, embedded_default
+from agent.config import Config, HostPort, LeafSettings, embedded_default
 from agent.errors import AgentStateError
-from agent.host import HostInfo, demo_actor_path, prepare_host
+from agent.host import HostInfo, demo_actor_bytes, prepare_host
 from agent.identity.keys import KeyPair
-from agent.lattice.client import connect
+from agent.lattice.client import connect_local
 
 __all__ = ["run_demo"]
 
@@ -54,7 +54,7 @@ async def run_demo(say: Callable[[str], None], *, echo_calls: int = 200) -> None
             info = ready.result()
             say(f"1. host {info.host_id} is up, local lattice {info.client_url}")
             try:
-                await _tour(say, host.keys.cluster, info, echo_calls)
+                await _tour(say, config, host.keys.cluster, info, echo_calls)
             finally:
                 host.request_stop()
             await runner
@@ -62,14 +62,15 @@ async def run_demo(say: Callable[[str], None], *, echo_calls: int = 200) -> None
 
 
 async def _tour(
-    say: Callable[[str], None], cluster_key: KeyPair, info: HostInfo, calls: int
+    say: Callable[[str], None], config: Config, cluster_key: KeyPair, info: HostInfo, calls: int
 ) -> None:
     host_id = info.host_id
-    async with connect(info.client_url) as client:
+    async with connect_local(config) as client:
         hosts = await client.ping()
         names = ", ".join(f"{h.get('friendly_name')} ({h.get('id')})" for h in hosts)
         say(f"2. ping.hosts answered by {len(hosts)} host(s): {names}")
-        started = await client.start_actor(host_id, f"file://{demo_actor_path()}")
+        reference = await client.upload_module(demo_actor_bytes())
+        started = await client.start_actor(host_id, reference)
         actor_id = started["public_key"]
         say(f"3. started actor {started['claims'].get('name')} {actor_id}")
         greeting = await client.invoke(

@@ -17,6 +17,8 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   ├── LeafConfigError         the leaf config cannot be rendered
     │   └── LeafStartError          nats-server exited or never became ready
     ├── AgentStateError             status/control cannot reach a running agent
+    │   └── AgentRunningError       another agent already runs on this data directory
+    ├── StateError                  durable state cannot be written or read (disk full, read-only)
     ├── ModuleError                 a wasm module is unusable
     │   ├── ModuleFormatError       bad magic/version, truncated or oversized sections
     │   ├── ModuleImportError       imports outside the allowed set
@@ -127,6 +129,22 @@ class LeafStartError(LeafError):
 
 class AgentStateError(LatticeEdgeError):
     """A running agent cannot be reached or reports something unexpected."""
+
+
+class AgentRunningError(AgentStateError):
+    """Another agent holds the data directory's lock; ``pid`` is its process id if known."""
+
+    def __init__(self, message: str, *, pid: int | None = None):
+        self.pid = pid
+        super().__init__(message)
+
+
+class StateError(LatticeEdgeError):
+    """The agent cannot write (or read) its durable state: disk full, read-only, I/O error.
+
+    Raised where an ``OSError`` from a state, cache or run-file write enters the project,
+    so background work can tell "the disk refused" from a bug.
+    """
 
 
 # --- wasm modules and claims ----------------------------------------------------------

@@ -2,6 +2,9 @@
 
 A power cut on an SD card must leave either the old file or the new one, never half of
 each; secrets are created with mode 0600 from the first byte, not chmod-ed afterwards.
+Every file and directory gets an explicit mode, whatever the umask: data and run
+directories 0750, files 0640 (readable by the ``lattice-edge`` group, so operators in it
+can use the CLI), key directories 0700 and seeds 0600.
 """
 
 from __future__ import annotations
@@ -11,14 +14,46 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["SECRET_MODE", "write_atomic", "write_secret"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "SECRET_DIR_MODE",
+    "SECRET_MODE",
+    "ensure_dir",
+    "write_atomic",
+    "write_secret",
+]
 
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+SECRET_DIR_MODE = 0o700
 SECRET_MODE = 0o600
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically, creating parent directories."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create ``path`` with exactly ``mode`` (missing parents 0750); return it.
+
+    Only directories this call creates get a mode: an existing directory is the
+    operator's and keeps its own (a packaged data dir may be group-owned on purpose).
+    """
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        wanted = mode if directory == path else DIR_MODE
+        try:
+            directory.mkdir(mode=wanted)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: theirs to set
+        os.chmod(directory, wanted)  # mkdir's mode is filtered by the umask
+    return path
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` atomically, creating parent directories (0750)."""
+    ensure_dir(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -36,8 +71,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 def write_secret(path: Path, data: bytes) -> None:
     """Write a secret (seed, creds) atomically with mode 0600 in a 0700 directory."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
+    ensure_dir(path.parent, SECRET_DIR_MODE)
     write_atomic(path, data, mode=SECRET_MODE)
 
 

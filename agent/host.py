@@ -1,9 +1,14 @@
 """The composition root: what starts, in which order, and how it stops.
 
-Start-up: config → identity → board profile → leaf config → leaf node ready → NATS
-connection → state file → ``READY=1``. Shutdown reverses it, each step bounded: stop
-taking requests, drain NATS, lame-duck and stop the leaf, remove the state file.
-SIGTERM and SIGINT request shutdown; a second SIGINT forces it.
+Start-up: data-directory lock → config → identity → board profile → leaf config → leaf
+node ready → NATS connection → desired state restored → lattice → run file →
+``READY=1``. Shutdown reverses it, each step bounded: stop taking requests, drain NATS,
+lame-duck and stop the leaf, remove the run file, release the lock. SIGTERM and SIGINT
+request shutdown; a second SIGINT forces it.
+
+Every background task runs under :class:`~agent.background.Background`'s one error
+policy, so nothing but shutdown ends the host; :func:`run_host` runs one in-process for
+tests (in the manner of uvicorn's test server).
 """
 
 from __future__ import annotations
@@ -22,28 +27,33 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.background import Background
 from agent.boards import Board, resolve_board
 from agent.capabilities.base import Capabilities
-from agent.config import Config
-from agent.errors import LatticeEdgeError, LeafConfigError
-from agent.fsutil import write_atomic
+from agent.config import Config, LocalUserSettings
+from agent.datadir import DataDirLock
+from agent.errors import LatticeEdgeError, LeafConfigError, StateError
+from agent.fsutil import ensure_dir, write_atomic
 from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
 from agent.identity.jwt import read_creds
+from agent.identity.keys import KeyPair
+from agent.identity.local import ensure_agent_user, load_agent_user, read_password_file
 from agent.identity.tls import check_pem_certificate
 from agent.lattice.actors import ActorRegistry
 from agent.lattice.control import ControlServer, HostFacts, host_labels
 from agent.lattice.hostcalls import HostCallRouter, LinkTable
-from agent.lattice.refs import ModuleCache
+from agent.lattice.refs import MODULE_BUCKET, FetchPolicy, ModuleCache
 from agent.lattice.rpc import LatticeRpcClient, RpcServer
+from agent.leaf.access import LocalAccess, LocalUser, agent_inbox_prefix
 from agent.leaf.binary import NatsServer, find_nats_server
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
 from agent.resources import device_resources
 from agent.runtime.sandbox import Sandbox
-from agent.state import DesiredState, StateStore
+from agent.state import DesiredState, StateKeeper, StateStore
 from agent.systemd import Notifier
 
-__all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host"]
+__all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host", "run_host"]
 
 logger = logging.getLogger("lattice_edge.host")
 
@@ -51,6 +61,8 @@ STATE_FILE = "agent.json"
 LEAF_CONF = "nats-server.conf"
 LEAF_PID = "nats-server.pid"
 DRAIN_TIMEOUT_S = 5.0
+STATE_RETRY_S = 5.0  # how often a state file the disk refused is written again
+AGENT_UMASK = 0o027  # nothing the agent or its children create is world-readable
 
 
 class HostState(enum.Enum):
@@ -91,7 +103,21 @@ def prepare_host(config: Config, *, create_keys: bool = False, demo: bool = Fals
     reads the upstream credentials and finds nats-server, so each of those problems is
     reported as one clear error before a process is spawned. ``demo`` starts the demo
     actor when the host has no actors of its own (the embedded default does that).
+
+    The data directory is locked first (AgentRunningError when another agent has it), and
+    the umask tightened, so nothing is touched by two agents or created world-readable.
     """
+    os.umask(AGENT_UMASK)
+    lock = DataDirLock(config.host.data_dir)
+    lock.acquire()
+    try:
+        return _prepare(config, lock, create_keys=create_keys, demo=demo)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare(config: Config, lock: DataDirLock, *, create_keys: bool, demo: bool) -> Host:
     if create_keys:
         keys, created = ensure_host_keys(config.keys_dir)
         if created:
@@ -110,7 +136,25 @@ def prepare_host(config: Config, *, create_keys: bool = False, demo: bool = Fals
             if path is not None:
                 check_pem_certificate(path)
     server = find_nats_server(config.leaf.nats_server)
-    return Host(config, keys=keys, board=board, server=server, demo=demo)
+    access = LocalAccess(
+        agent_user=ensure_agent_user(config.host.data_dir).public_key,
+        users=tuple(_local_user(user) for user in config.leaf.local_users),
+        anonymous=config.leaf.allow_anonymous,
+    )
+    return Host(config, keys=keys, board=board, server=server, access=access, lock=lock, demo=demo)
+
+
+def _local_user(settings: LocalUserSettings) -> LocalUser:
+    password = None
+    if settings.password_file is not None:
+        password = read_password_file(settings.password_file)
+    return LocalUser(
+        name=settings.name,
+        password=password,
+        nkey=settings.nkey,
+        publish=settings.publish,
+        subscribe=settings.subscribe,
+    )
 
 
 class Host:
@@ -123,9 +167,13 @@ class Host:
         keys: HostKeys,
         board: Board,
         server: NatsServer,
+        access: LocalAccess,
+        lock: DataDirLock | None = None,
         demo: bool = False,
     ) -> None:
         self.config = config
+        self.access = access
+        self.lock = lock
         self.demo = demo
         self.demo_greeting: str | None = None
         self.keys = keys
@@ -151,6 +199,8 @@ class Host:
         self.rpc: RpcServer | None = None
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
+        self.keeper = StateKeeper(self.state_store, self._running_state)
+        self.background: Background | None = None
         self._stop = asyncio.Event()
         self._force = False
 
@@ -198,9 +248,11 @@ class Host:
             jetstream_max_file_mb=budgets.jetstream_max_file_mb,
             sync_interval=self.config.leaf.sync_interval,
             upstream=self.config.upstream,
+            access=self.access,
         )
         rendered = render(plan, self.server.version)
-        write_atomic(self.config.run_dir / LEAF_CONF, rendered.text.encode())
+        # 0600: it names the local users' passwords.
+        write_atomic(self.config.run_dir / LEAF_CONF, rendered.text.encode(), mode=0o600)
         for warning in rendered.warnings:
             logger.warning("%s", warning)
         return rendered.warnings
@@ -220,9 +272,14 @@ class Host:
         """Start everything, serve until asked to stop, then shut down in order."""
         try:
             async with asyncio.TaskGroup() as tasks:
+                self.background = Background(tasks)
                 await self._serve(tasks, on_ready)
         except BaseExceptionGroup as group:
+            _log_group(group)
             raise _first_of_ours(group) from None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     async def _serve(
         self, tasks: asyncio.TaskGroup, on_ready: Callable[[HostInfo], None] | None
@@ -233,12 +290,15 @@ class Host:
             loop.add_signal_handler(sig, self.request_stop, sig)
         watchdog: asyncio.Task[None] | None = None
         try:
+            ensure_dir(self.config.run_dir)
             self.write_leaf_config()
             await self.leaf.start(tasks)
             self.nats = await self._connect()
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
-                await self._start_lattice(tasks, registry)
+                await self._start_lattice(registry)
+                assert self.background is not None
+                self.background.spawn(self._keep_state_saved(), what="state file retry")
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
                 self.state = HostState.RUNNING
@@ -273,9 +333,12 @@ class Host:
         async def on_reconnect() -> None:
             logger.info("reconnected to the local leaf node")
 
+        agent_user: KeyPair = load_agent_user(self.config.host.data_dir)
         try:
             return await nats.connect(
                 servers=[self.client_url],
+                nkeys_seed_str=agent_user.seed,
+                inbox_prefix=agent_inbox_prefix(self.keys.host_id),
                 name=f"lattice-edge {self.keys.host_id[:12]}",
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
@@ -312,19 +375,23 @@ class Host:
         router = HostCallRouter(
             caps_of, self.links, capabilities=await self._capabilities(), lattice=caller
         )
+        if self.config.leaf.jetstream:
+            await self._module_bucket()
         # Pack actors into as few workers as the budget allows: memory is what these
         # boards lack, and a worker is ~10 MB whether it holds one actor or thirty.
         per_worker = -(-budgets.max_actors // budgets.sandbox_workers)
         async with Sandbox(
             budgets, host_call_handler=router, on_quarantine=_quarantined, pack=per_worker
         ) as box:
+            max_bytes = budgets.max_module_mb * 2**20
             self.registry = ActorRegistry(
                 box,
-                ModuleCache(self.config.host.data_dir / "modules"),
+                ModuleCache(self.config.host.data_dir / "modules", max_bytes=max_bytes),
                 trusted_issuers=self.config.trust.trusted_issuers,
                 allow_unsigned=self.config.trust.allow_unsigned,
                 max_pages=budgets.actor_memory_pages,
                 nats_client=self.nats,
+                policy=FetchPolicy(self.config.actors.file_roots, max_bytes),
             )
             try:
                 yield self.registry
@@ -338,7 +405,7 @@ class Host:
         own = self.keys.cluster.public_key
         return tuple(dict.fromkeys([own, *self.config.trust.cluster_issuers]))
 
-    async def _start_lattice(self, tasks: asyncio.TaskGroup, registry: ActorRegistry) -> None:
+    async def _start_lattice(self, registry: ActorRegistry) -> None:
         """Serve the control interface and actor RPC; announce the host."""
         board = self.board
         model = board.detection.model if board.detection else None
@@ -353,15 +420,18 @@ class Host:
             client_url=self.client_url,
         )
         data_dir = self.config.host.data_dir
+        assert self.background is not None
         self.control = ControlServer(
             self.nats,
             facts,
             registry,
             self.links,
-            tasks=tasks,
+            keeper=self.keeper,
+            background=self.background,
             on_change=self._changed,
             on_stop=self.request_stop,
             resources=lambda: device_resources(data_dir),
+            health=self.health,
         )
         self.rpc = RpcServer(
             self.nats,
@@ -369,23 +439,59 @@ class Host:
             lattice=self.config.host.lattice,
             host_id=self.keys.host_id,
             cluster_issuers=self.cluster_issuers,
-            tasks=tasks,
+            background=self.background,
             emit_rpc_event=self.control.emit_rpc,
         )
         await self.rpc.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
 
     async def _changed(self) -> None:
-        """Actors or links changed: persist the desired state and follow with RPC."""
-        self.save_state()
+        """Actors changed (the keeper has saved them): follow with RPC subscriptions."""
         if self.rpc is not None:
             await self.rpc.sync()
+
+    def health(self) -> dict[str, Any]:
+        """The agent's own condition, for the heartbeat and ``status``."""
+        failed = self.keeper.failed()
+        return {
+            "state_saved": self.keeper.saved,
+            "state_error": self.keeper.error,
+            "restore_failed": [
+                {"actor_id": a.actor_id, "actor_ref": a.actor_ref, "error": a.error} for a in failed
+            ],
+            "leaf_restarts": self.leaf.restarts,
+            "background_failures": self.background.failures if self.background else 0,
+        }
+
+    async def _keep_state_saved(self) -> None:
+        """Write the desired state again while the disk refuses it."""
+        while True:
+            await asyncio.sleep(STATE_RETRY_S)
+            if not self.keeper.saved:
+                await asyncio.to_thread(self.keeper.try_save)
 
     async def _stop_lattice(self) -> None:
         if self.control is not None:
             await self.control.stop()
         if self.rpc is not None:
             await self.rpc.close()
+
+    async def _module_bucket(self) -> None:
+        """The object store the local CLI uploads modules to (``actor start FILE``)."""
+        import nats.errors
+        import nats.js.api
+        import nats.js.errors
+
+        size = self.board.budgets.jetstream_max_file_mb // 4 * 2**20
+        config = nats.js.api.ObjectStoreConfig(
+            description="actor modules uploaded by the local CLI",
+            max_bytes=size,
+            storage=nats.js.api.StorageType.FILE,
+        )
+        try:
+            await self.nats.jetstream(timeout=5).create_object_store(MODULE_BUCKET, config)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            logger.error("cannot create the module bucket %s: %s", MODULE_BUCKET, exc)
 
     async def _capabilities(self) -> Capabilities:
         """The capabilities the device serves itself, on its local leaf node."""
@@ -403,8 +509,12 @@ class Host:
         return served
 
     async def _restore(self, registry: ActorRegistry) -> None:
-        """Bring back the saved actors and links; start the demo actor if asked to."""
-        desired = self.state_store.load()
+        """Bring back the saved actors and links; start the demo actor if asked to.
+
+        An actor that cannot be restored stays in the state file with the reason (and in
+        ``status``), so nothing wanted is dropped silently.
+        """
+        desired = await asyncio.to_thread(self.state_store.load)
         for link in desired.links:
             self.links.put(link)
         for wanted in desired.actors:
@@ -413,24 +523,31 @@ class Host:
                     wanted.actor_ref,
                     wanted.count,
                     wanted.annotations,
-                    cached_sha256=wanted.module_sha256,
+                    cached_sha256=wanted.module_sha256 or None,
                 )
             except LatticeEdgeError as exc:
-                logger.error("cannot restore actor %s: %s", wanted.actor_id, exc)
+                logger.error(
+                    "cannot restore actor %s: %s", wanted.actor_id or wanted.actor_ref, exc
+                )
+                self.keeper.restore_failed(wanted, str(exc))
         if self.demo:
             demo = next((a for a in registry.running() if a.name == DEMO_ACTOR_NAME), None)
             if demo is None and not desired.actors:
-                demo = await registry.start(f"file://{demo_actor_path()}")
+                digest = await asyncio.to_thread(registry.cache.put, demo_actor_bytes())
+                demo = await registry.start(f"sha256:{digest}")
             if demo is not None:
                 name = self.config.host.name.encode()
                 answer = await registry.invoke(demo.actor_id, "Greet", name)
                 self.demo_greeting = answer.response.decode("utf-8", "replace")
-        self.save_state()
+        await asyncio.to_thread(self.keeper.try_save)
+
+    def _running_state(self) -> DesiredState:
+        actors = self.registry.desired() if self.registry is not None else ()
+        return DesiredState(actors, self.links.all())
 
     def save_state(self) -> None:
         """Persist the actors and links that should come back after a restart."""
-        actors = self.registry.desired() if self.registry is not None else ()
-        self.state_store.save(DesiredState(actors, self.links.all()))
+        self.keeper.save()
 
     async def _drain(self) -> None:
         if self.nats is not None and not self._force:
@@ -447,7 +564,7 @@ class Host:
             with contextlib.suppress(Exception):
                 await self.nats.close()
         await self.leaf.stop()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             (self.config.run_dir / STATE_FILE).unlink()
         self.state = HostState.STOPPED
         logger.info("stopped")
@@ -455,6 +572,15 @@ class Host:
 
 def _quarantined(actor_id: str, reason: str) -> None:
     logger.error("actor %s quarantined: %s", actor_id, reason)
+
+
+def _log_group(group: BaseExceptionGroup[Any]) -> None:
+    """Log every failure of a task group, not just the first one we re-raise."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            _log_group(exc)
+        elif not isinstance(exc, LatticeEdgeError | KeyboardInterrupt | SystemExit):
+            logger.error("host task failed", exc_info=exc)
 
 
 DEMO_ACTOR_NAME = "Lattice Edge demo echo"
@@ -465,6 +591,41 @@ def demo_actor_path() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("agent.runtime.demo").joinpath("echo.wasm")))
+
+
+def demo_actor_bytes() -> bytes:
+    """The demo actor module."""
+    from agent.runtime.demo import demo_actor_bytes as read
+
+    return read()
+
+
+@contextlib.asynccontextmanager
+async def run_host(
+    config: Config, *, create_keys: bool = True, demo: bool = False
+) -> AsyncIterator[Host]:
+    """Run a host in this process until the block ends (the in-process test harness).
+
+    Yields once the host is ready; leaving the block stops it in order and re-raises
+    what made it fail, if anything did::
+
+        async with run_host(config) as host:
+            ... host.nats, host.registry, host.control ...
+    """
+    host = prepare_host(config, create_keys=create_keys, demo=demo)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[HostInfo] = loop.create_future()
+    runner = asyncio.ensure_future(host.run(on_ready=ready.set_result))
+    try:
+        waiting: set[asyncio.Future[Any]] = {ready, runner}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            runner.result()  # raises what stopped it
+            raise StateError("the host stopped before it was ready")
+        yield host
+    finally:
+        host.request_stop()
+        await runner
 
 
 def _first_of_ours(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -67,10 +67,10 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
 async def _actors(config: Config, host_id: str) -> list[dict[str, Any]]:
     """The running actors, from the host's inventory on the lattice (empty if unreachable)."""
     from agent.errors import LatticeEdgeError
-    from agent.lattice.client import connect
+    from agent.lattice.client import connect_local
 
     try:
-        async with connect(f"nats://{config.leaf.listen}", lattice=config.host.lattice) as client:
+        async with connect_local(config) as client:
             inventory = await client.inventory(host_id)
     except LatticeEdgeError:
         return []

@@ -51,6 +51,7 @@ class Budgets:
     invocation_deadline_s: float
     worker_recycle_calls: int
     worker_memory_limit_mb: int
+    max_module_mb: int
     nats_max_payload: int
     jetstream_max_memory_mb: int
     jetstream_max_file_mb: int

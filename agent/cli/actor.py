@@ -282,11 +282,10 @@ T = TypeVar("T")
 
 def _on_lattice(config: Config, work: Callable[[LatticeClient], Awaitable[T]]) -> T:
     """Run ``work`` with a lattice client on the local host's leaf node."""
-    from agent.lattice.client import connect
+    from agent.lattice.client import connect_local
 
     async def go() -> T:
-        url = f"nats://{config.leaf.listen}"
-        async with connect(url, lattice=config.host.lattice) as client:
+        async with connect_local(config) as client:
             return await work(client)
 
     return asyncio.run(go())

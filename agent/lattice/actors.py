@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from agent.errors import ActorError, ActorRefError
 from agent.identity.wascap import ActorClaims
-from agent.lattice.refs import ModuleCache, fetch_module, parse_ref
+from agent.lattice.refs import FetchPolicy, ModuleCache, fetch_module, parse_ref
 from agent.runtime.admission import AdmittedModule, admit
 from agent.runtime.sandbox import InvocationResult, Sandbox
 from agent.state import DesiredActor
@@ -28,6 +28,14 @@ from agent.state import DesiredActor
 __all__ = ["ActorInstance", "ActorRegistry", "RunningActor", "actor_of"]
 
 logger = logging.getLogger("lattice_edge.actors")
+
+
+def _matching(
+    instances: list[ActorInstance], annotations: Mapping[str, str] | None
+) -> list[ActorInstance]:
+    if not annotations:
+        return list(instances)
+    return [i for i in instances if all(i.annotations.get(k) == v for k, v in annotations.items())]
 
 
 def actor_of(sandbox_key: str) -> str:
@@ -91,9 +99,11 @@ class ActorRegistry:
         allow_unsigned: bool,
         max_pages: int,
         nats_client: object | None = None,
+        policy: FetchPolicy | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.cache = cache
+        self.policy = policy or FetchPolicy(max_bytes=cache.max_bytes)
         self.trusted_issuers = tuple(trusted_issuers)
         self.allow_unsigned = allow_unsigned
         self.max_pages = max_pages
@@ -132,18 +142,18 @@ class ActorRegistry:
         ``cached_sha256`` (from the desired state) is tried first, so a restart needs no
         network; fetched modules are added to the cache.
         """
-        if cached_sha256 is not None:
-            module = self.cache.get(cached_sha256)
+        if cached_sha256:
+            module = await asyncio.to_thread(self.cache.get, cached_sha256)
             if module is not None:
                 return module, cached_sha256
         ref = parse_ref(actor_ref)
         if ref.scheme == "sha256":
-            module = self.cache.get(ref.location)
+            module = await asyncio.to_thread(self.cache.get, ref.location)
             if module is None:
                 raise ActorRefError(f"{actor_ref} is not in the local module cache")
             return module, ref.location
-        module = await fetch_module(ref, self.nats_client)
-        return module, self.cache.put(module)
+        module = await fetch_module(ref, self.nats_client, self.policy)
+        return module, await asyncio.to_thread(self.cache.put, module)
 
     def admit(self, module: bytes) -> AdmittedModule:
         """Admission with this host's trust settings (raises ModuleError subclasses)."""
@@ -200,11 +210,20 @@ class ActorRegistry:
             raise
         return added
 
-    async def stop(self, actor_id: str, count: int | None = None) -> list[ActorInstance]:
-        """Stop ``count`` instances (all when None); return the stopped ones."""
+    async def stop(
+        self,
+        actor_id: str,
+        count: int | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> list[ActorInstance]:
+        """Stop ``count`` instances (all when None or 0); return the stopped ones.
+
+        With ``annotations`` only instances carrying all of them are candidates.
+        """
         async with self._lock:
             actor = self._require(actor_id)
-            victims = actor.instances[-count:] if count else list(actor.instances)
+            candidates = _matching(actor.instances, annotations)
+            victims = candidates[-count:] if count else candidates
             for instance in victims:
                 await self.sandbox.unload(instance.sandbox_key(actor_id))
                 actor.instances.remove(instance)
@@ -216,9 +235,13 @@ class ActorRegistry:
     async def scale(
         self, actor_id: str, count: int, annotations: Mapping[str, str] | None = None
     ) -> RunningActor | None:
-        """Make ``actor_id`` run exactly ``count`` instances (0 stops it)."""
+        """Make ``actor_id`` run exactly ``count`` instances (0 stops them).
+
+        With ``annotations`` the count applies to the instances carrying them (wasmCloud
+        0.82 semantics): other instances are left alone, new ones get the annotations.
+        """
         actor = self._require(actor_id)
-        current = len(actor.instances)
+        current = len(_matching(actor.instances, annotations))
         if count > current:
             return await self.start(
                 actor.image_ref,
@@ -227,7 +250,7 @@ class ActorRegistry:
                 cached_sha256=actor.module_sha256,
             )
         if count < current:
-            await self.stop(actor_id, current - count)
+            await self.stop(actor_id, current - count, annotations)
         return self._actors.get(actor_id)
 
     async def update(self, actor_id: str, new_ref: str) -> RunningActor:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import Config
 from agent.errors import AgentStateError, LatticeEdgeError
 from agent.identity.keys import KeyPair
 from agent.lattice import subjects
@@ -23,7 +24,7 @@ from agent.lattice.invocation import (
     new_invocation,
 )
 
-__all__ = ["CallReply", "LatticeClient", "connect"]
+__all__ = ["CallReply", "LatticeClient", "connect", "connect_local"]
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -38,9 +39,18 @@ class CallReply:
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str, *, lattice: str = "default", creds: str | None = None
+    url: str,
+    *,
+    lattice: str = "default",
+    creds: str | None = None,
+    seed: str | None = None,
+    inbox_prefix: str | None = None,
 ) -> AsyncIterator[LatticeClient]:
-    """Connect to a NATS server (a host's local port, or the cloud) for lattice control."""
+    """Connect to a NATS server (a host's local port, or the cloud) for lattice control.
+
+    ``creds`` is a ``.creds`` file (the cloud); ``seed`` an nkey user seed (the agent
+    user, on a device's local port; see :func:`connect_local`).
+    """
     import nats
     import nats.errors
 
@@ -48,10 +58,15 @@ async def connect(
         # nats-py's default callback prints a traceback; the failure reaches us anyway.
         return None
 
+    options: dict[str, Any] = {}
+    if seed is not None:
+        options["nkeys_seed_str"] = seed
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     try:
         client = await nats.connect(
             servers=[url], user_credentials=creds, connect_timeout=3, max_reconnect_attempts=2,
-            allow_reconnect=False, error_cb=quiet,
+            allow_reconnect=False, error_cb=quiet, **options,
         )  # fmt: skip
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc
@@ -60,6 +75,20 @@ async def connect(
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+def connect_local(config: Config) -> contextlib.AbstractAsyncContextManager[LatticeClient]:
+    """Connect to this device's own leaf as the agent user (the seed in the data dir)."""
+    from agent.identity.local import load_agent_user
+    from agent.leaf.access import agent_inbox_prefix
+
+    seed = load_agent_user(config.host.data_dir).seed
+    return connect(
+        f"nats://{config.leaf.listen}",
+        lattice=config.host.lattice,
+        seed=seed,
+        inbox_prefix=agent_inbox_prefix("cli"),
+    )
 
 
 class LatticeClient:
@@ -104,6 +133,31 @@ class LatticeClient:
         finally:
             await subscription.unsubscribe()
         return replies
+
+    async def upload_module(self, module: bytes) -> str:
+        """Put a module into the device's own object store; return the reference to start it.
+
+        How the local CLI hands the agent a file: the agent reads no path a caller names
+        outside its roots, but any module the agent user uploads.
+        """
+        import hashlib
+
+        import nats.errors
+        import nats.js.errors
+
+        from agent.lattice.refs import MODULE_BUCKET
+
+        digest = hashlib.sha256(module).hexdigest()
+        try:
+            store = await self.nats.jetstream(timeout=DEFAULT_TIMEOUT_S).object_store(MODULE_BUCKET)
+            await store.put(digest, module)
+        except nats.js.errors.BucketNotFoundError:
+            raise AgentStateError(
+                f"the agent has no module bucket '{MODULE_BUCKET}' (is JetStream disabled?)"
+            ) from None
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            raise AgentStateError(f"cannot upload the module: {exc or 'timed out'}") from exc
+        return f"nats-os://{MODULE_BUCKET}/{digest}"
 
     async def inventory(self, host_id: str) -> dict[str, Any]:
         """A host's inventory."""

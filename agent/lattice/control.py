@@ -3,9 +3,12 @@
 Requests on ``wasmbus.ctl.{lattice}.…`` are JSON; every one we receive gets an answer
 (``{"accepted": false, "error": …}`` for anything malformed or unknown), except auctions
 whose constraints this host does not satisfy, which hosts answer with silence. Commands
-that take time (start, scale, update) are acknowledged at once and carried out in a task
-of the host's task group; their outcome is reported as CloudEvents on
-``wasmbus.evt.{lattice}`` and ``wasmbus.evt.{lattice}.{type}``.
+that take time (start, stop, scale, update) are acknowledged once their intent is on disk
+(:class:`~agent.state.StateKeeper`; a disk that refuses turns the ack into a refusal) and
+carried out in background work (:class:`~agent.background.Background`: a failure there is
+reported, never fatal); their outcome is reported as CloudEvents on
+``wasmbus.evt.{lattice}`` and ``wasmbus.evt.{lattice}.{type}``. Link definitions are
+acknowledged after they are saved, and not applied when they cannot be.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from agent import __version__
-from agent.errors import LatticeEdgeError
+from agent.background import Background
+from agent.errors import ControlRequestError, LatticeEdgeError, StateError
 from agent.lattice import control_codec as codec
 from agent.lattice import events, subjects
 from agent.lattice.actors import ActorInstance, ActorRegistry, RunningActor
 from agent.lattice.hostcalls import LinkTable
 from agent.lattice.refs import parse_ref
 from agent.lattice.subjects import ControlKind
+from agent.logs import RateLimiter, escape
+from agent.state import StateKeeper
 
 __all__ = ["ControlServer", "HostFacts", "host_labels"]
 
@@ -88,21 +94,26 @@ class ControlServer:
         registry: ActorRegistry,
         links: LinkTable,
         *,
-        tasks: asyncio.TaskGroup,
+        keeper: StateKeeper,
+        background: Background,
         on_change: Callable[[], Awaitable[None]],
         on_stop: Callable[[], None],
         resources: Callable[[], dict[str, Any]] | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._nats = nats_client
         self.facts = facts
         self._registry = registry
         self._links = links
-        self._tasks = tasks
-        self._on_change = on_change  # persist state and resync RPC subscriptions
+        self._keeper = keeper
+        self._background = background
+        self._on_change = on_change  # resync RPC subscriptions with the running actors
         self._on_stop = on_stop
         self._resources = resources
+        self._health = health  # the agent's own state for the heartbeat (state file, …)
         self._subscriptions: list[Any] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._limiter = RateLimiter()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -121,7 +132,7 @@ class ControlServer:
                 version=__version__,
             ),
         )
-        self._heartbeat = self._tasks.create_task(self._beat(heartbeat_interval))
+        self._heartbeat = self._background.spawn(self._beat(heartbeat_interval), what="heartbeat")
 
     async def stop(self) -> None:
         """Stop taking requests; announce ``host_stopped``."""
@@ -139,16 +150,17 @@ class ControlServer:
     # --- events --------------------------------------------------------------------------
 
     def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
-        """Publish a CloudEvent on the lattice's event subjects (fire and forget)."""
+        """Publish a CloudEvent on the lattice's event subjects (the host waits for none)."""
         body = json.dumps(events.cloud_event(event_type, self.facts.host_id, data)).encode()
         lattice = self.facts.lattice
         for subject in (subjects.events(lattice), subjects.event(lattice, event_type)):
-            self._tasks.create_task(self._publish(subject, body))
+            self._background.spawn(self._publish(subject, body), what="event publish")
 
     def emit_rpc(self, event_type: str, data: Mapping[str, Any]) -> None:
         """Publish an invocation result on ``wasmbus.rpcevt.{lattice}``."""
         body = json.dumps(events.cloud_event(event_type, self.facts.host_id, data)).encode()
-        self._tasks.create_task(self._publish(subjects.rpc_events(self.facts.lattice), body))
+        subject = subjects.rpc_events(self.facts.lattice)
+        self._background.spawn(self._publish(subject, body), what="event publish")
 
     async def _publish(self, subject: str, body: bytes) -> None:
         try:
@@ -160,7 +172,9 @@ class ControlServer:
         while True:
             data = events.host_heartbeat(self.inventory())
             if self._resources is not None:
-                data["resources"] = self._resources()
+                data["resources"] = await asyncio.to_thread(self._resources)  # psutil waits
+            if self._health is not None:
+                data["lattice_edge"] = self._health()
             self.emit("host_heartbeat", data)
             await asyncio.sleep(interval)
 
@@ -200,8 +214,7 @@ class ControlServer:
         try:
             reply = await self.handle(msg.subject, bytes(msg.data))
         except Exception as exc:  # never let a request take the server down
-            logger.exception("control request on %s failed", msg.subject)
-            reply = codec.ack(False, f"internal error: {type(exc).__name__}")
+            reply = codec.ack(False, self._background.report(exc, "control request"))
         if reply is not None and msg.reply:
             try:
                 await msg.respond(codec.encode_json(reply))
@@ -219,7 +232,18 @@ class ControlServer:
         try:
             return await handler(self, body)
         except LatticeEdgeError as exc:
+            self._limiter.log(
+                logger, logging.INFO, f"refused:{parsed.kind.value}",
+                "refused %s: %s", parsed.kind.value, escape(str(exc)),
+            )  # fmt: skip
             return codec.ack(False, str(exc))
+
+    def _check_host(self, host_id: str | None) -> None:
+        """A command whose body names another host is refused, never carried out here."""
+        if host_id is not None and host_id != self.facts.host_id:
+            raise ControlRequestError(
+                f"the request names host {host_id}, but this is {self.facts.host_id}"
+            )
 
     async def _ping(self, _body: bytes) -> dict[str, Any] | None:
         return self.ping_reply()
@@ -242,21 +266,36 @@ class ControlServer:
 
     async def _start(self, body: bytes) -> dict[str, Any] | None:
         request = codec.parse_start_actor(body)
+        self._check_host(request.host_id)
         parse_ref(request.actor_ref)  # a malformed reference is refused, not acknowledged
-        self._tasks.create_task(
-            self._start_work(request.actor_ref, request.count, request.annotations)
+        token = self._keeper.begin(
+            "start", request.actor_ref, count=request.count, annotations=request.annotations
         )
+        self._spawn_start(request.actor_ref, request.count, request.annotations, token)
         return codec.ack()
 
-    async def _start_work(self, actor_ref: str, count: int, annotations: Mapping[str, str]) -> None:
+    def _spawn_start(
+        self, actor_ref: str, count: int, annotations: Mapping[str, str], token: int
+    ) -> None:
+        self._background.spawn(
+            self._start_work(actor_ref, count, annotations, token),
+            what=f"start of {escape(actor_ref)}",
+        )
+
+    async def _start_work(
+        self, actor_ref: str, count: int, annotations: Mapping[str, str], token: int
+    ) -> None:
+        before = self._instance_ids(actor_ref)
         try:
-            before = self._instance_ids(actor_ref)
             actor = await self._registry.start(actor_ref, count, annotations)
-        except LatticeEdgeError as exc:
-            logger.error("cannot start %s: %s", actor_ref, exc)
-            failed = events.actor_start_failed(actor_ref=actor_ref, error=str(exc))
-            self.emit("actor_start_failed", failed)
+        except Exception as exc:
+            reason = self._background.report(exc, f"start of {escape(actor_ref)}")
+            self.emit(
+                "actor_start_failed", events.actor_start_failed(actor_ref=actor_ref, error=reason)
+            )
             return
+        finally:
+            self._keeper.settle(token)
         await self._on_change()
         for instance in actor.instances:
             if instance.instance_id not in before:
@@ -311,30 +350,49 @@ class ControlServer:
 
     async def _scale(self, body: bytes) -> dict[str, Any] | None:
         request = codec.parse_scale_actor(body)
+        self._check_host(request.host_id)
         actor_id = request.actor_id or self._actor_for_ref(request.actor_ref)
         if actor_id is None or self._registry.get(actor_id) is None:
             if request.count == 0:
+                if self._keeper.forget_failed(actor_id or request.actor_ref):
+                    self._keeper.save()
                 return codec.ack()
             parse_ref(request.actor_ref)
-            self._tasks.create_task(
-                self._start_work(request.actor_ref, request.count, request.annotations)
+            token = self._keeper.begin(
+                "start", request.actor_ref, count=request.count, annotations=request.annotations
             )
+            self._spawn_start(request.actor_ref, request.count, request.annotations, token)
             return codec.ack()
-        self._tasks.create_task(self._scale_work(actor_id, request.count, request.annotations))
+        token = self._keeper.begin(
+            "scale",
+            request.actor_ref,
+            actor_id=actor_id,
+            count=request.count,
+            annotations=request.annotations,
+        )
+        self._background.spawn(
+            self._scale_work(actor_id, request.count, request.annotations, token),
+            what=f"scale of {actor_id}",
+        )
         return codec.ack()
 
-    async def _scale_work(self, actor_id: str, count: int, annotations: Mapping[str, str]) -> None:
+    async def _scale_work(
+        self, actor_id: str, count: int, annotations: Mapping[str, str], token: int
+    ) -> None:
         actor = self._registry.get(actor_id)
         if actor is None:
+            self._keeper.settle(token)
             return
         before = {i.instance_id: i for i in actor.instances}
         try:
             after = await self._registry.scale(actor_id, count, annotations or None)
-        except LatticeEdgeError as exc:
-            logger.error("cannot scale %s: %s", actor_id, exc)
-            failed = events.actor_start_failed(actor_ref=actor.image_ref, error=str(exc))
+        except Exception as exc:
+            reason = self._background.report(exc, f"scale of {actor_id}")
+            failed = events.actor_start_failed(actor_ref=actor.image_ref, error=reason)
             self.emit("actor_start_failed", failed)
             return
+        finally:
+            self._keeper.settle(token)
         await self._on_change()
         now = {i.instance_id for i in after.instances} if after else set()
         self._stopped_events(actor_id, [i for key, i in before.items() if key not in now])
@@ -342,6 +400,38 @@ class ControlServer:
             for instance in after.instances:
                 if instance.instance_id not in before:
                     self._started_event(after, instance)
+
+    async def _stop_actor(self, body: bytes) -> dict[str, Any] | None:
+        request = codec.parse_stop_actor(body)
+        self._check_host(request.host_id)
+        actor_id = self._actor_for_ref(request.actor_ref)
+        if actor_id is None:
+            if self._keeper.forget_failed(request.actor_ref):
+                self._keeper.save()
+                return codec.ack()
+            return codec.ack(False, f"actor {request.actor_ref} is not running on this host")
+        actor = self._registry.get(actor_id)
+        assert actor is not None  # _actor_for_ref only names running actors
+        matching = sum(1 for i in actor.instances if _carries(i, request.annotations))
+        stopping = min(request.count, matching) if request.count else matching
+        token = self._keeper.begin(
+            "scale", actor.image_ref, actor_id=actor_id, count=len(actor.instances) - stopping
+        )
+        self._background.spawn(
+            self._stop_work(actor_id, request.count, request.annotations, token),
+            what=f"stop of {actor_id}",
+        )
+        return codec.ack()
+
+    async def _stop_work(
+        self, actor_id: str, count: int, annotations: Mapping[str, str], token: int
+    ) -> None:
+        try:
+            stopped = await self._registry.stop(actor_id, count or None, annotations or None)
+        finally:
+            self._keeper.settle(token)
+        await self._on_change()
+        self._stopped_events(actor_id, stopped)
 
     def _actor_for_ref(self, actor_ref: str) -> str | None:
         for actor in self._registry.running():
@@ -351,25 +441,32 @@ class ControlServer:
 
     async def _update(self, body: bytes) -> dict[str, Any] | None:
         request = codec.parse_update_actor(body)
+        self._check_host(request.host_id)
         parse_ref(request.new_actor_ref)
         actor_id = request.actor_id
         if actor_id is None or self._registry.get(actor_id) is None:
             return codec.ack(False, f"actor {actor_id or '(none given)'} is not running here")
-        self._tasks.create_task(self._update_work(actor_id, request.new_actor_ref))
+        token = self._keeper.begin("update", request.new_actor_ref, actor_id=actor_id)
+        self._background.spawn(
+            self._update_work(actor_id, request.new_actor_ref, token),
+            what=f"update of {actor_id}",
+        )
         return codec.ack()
 
-    async def _update_work(self, actor_id: str, new_ref: str) -> None:
+    async def _update_work(self, actor_id: str, new_ref: str, token: int) -> None:
         try:
             actor = await self._registry.update(actor_id, new_ref)
-        except LatticeEdgeError as exc:
-            logger.error("cannot update %s: %s", actor_id, exc)
+        except Exception as exc:
+            reason = self._background.report(exc, f"update of {actor_id}")
             self.emit(
                 "actor_update_failed",
                 events.actor_update_failed(
-                    public_key=actor_id, revision=0, instance_id="", reason=str(exc)
+                    public_key=actor_id, revision=0, instance_id="", reason=reason
                 ),
             )
             return
+        finally:
+            self._keeper.settle(token)
         await self._on_change()
         revision = actor.claims.rev or 0 if actor.claims else 0
         for instance in actor.instances:
@@ -381,25 +478,44 @@ class ControlServer:
             )
 
     async def _stop_host(self, body: bytes) -> dict[str, Any] | None:
-        codec.parse_stop_host(body)
+        request = codec.parse_stop_host(body)
+        self._check_host(request.host_id)
         # Answer first: the requester learns the stop was accepted before we go away.
         asyncio.get_running_loop().call_later(0.1, self._on_stop)
         return codec.ack()
 
     async def _put_link(self, body: bytes) -> dict[str, Any] | None:
         link = codec.parse_linkdef_put(body)
+        previous = self._links.find(link.actor_id, link.contract_id, link.link_name)
         self._links.put(link)
-        await self._on_change()
+        try:
+            self._keeper.save()
+        except StateError as exc:
+            self._restore_link(link, previous)
+            raise StateError(f"{exc}; the link was not changed") from exc
         self.emit("linkdef_set", events.linkdef_set(link))
         return codec.ack()
 
     async def _del_link(self, body: bytes) -> dict[str, Any] | None:
         request = codec.parse_linkdef_del(body)
         removed = self._links.delete(request.actor_id, request.contract_id, request.link_name)
-        await self._on_change()
+        if removed is not None:
+            try:
+                self._keeper.save()
+            except StateError as exc:
+                self._links.put(removed)
+                raise StateError(f"{exc}; the link was not deleted") from exc
         provider = removed.provider_id if removed else ""
         self.emit("linkdef_deleted", events.linkdef_deleted(request, provider))
         return codec.ack()
+
+    def _restore_link(
+        self, link: codec.LinkDefinition, previous: codec.LinkDefinition | None
+    ) -> None:
+        if previous is None:
+            self._links.delete(link.actor_id, link.contract_id, link.link_name)
+        else:
+            self._links.put(previous)
 
     _handlers: ClassVar[
         dict[ControlKind, Callable[[ControlServer, bytes], Awaitable[dict[str, Any] | None]]]
@@ -410,13 +526,17 @@ class ControlServer:
         ControlKind.GET_LINKS: _get_links,
         ControlKind.AUCTION_ACTOR: _auction,
         ControlKind.LAUNCH_ACTOR: _start,
-        ControlKind.START_ACTOR: _start,
+        ControlKind.STOP_ACTOR: _stop_actor,
         ControlKind.SCALE_ACTOR: _scale,
         ControlKind.UPDATE_ACTOR: _update,
         ControlKind.STOP_HOST: _stop_host,
         ControlKind.LINKDEFS_PUT: _put_link,
         ControlKind.LINKDEFS_DEL: _del_link,
     }
+
+
+def _carries(instance: ActorInstance, annotations: Mapping[str, str]) -> bool:
+    return all(instance.annotations.get(k) == v for k, v in annotations.items())
 
 
 def _actor_info(actor: RunningActor) -> codec.ActorInfo:

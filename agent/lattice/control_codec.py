@@ -185,6 +185,21 @@ class ScaleActor:
 
 
 @dataclass(frozen=True, slots=True)
+class StopActor:
+    """``cmd.{host}.sa`` ("stop actor", as wash sends it): stop instances of an actor.
+
+    ``actor_ref`` is the actor's public key or its image reference; ``count`` 0 (or
+    absent) stops every instance; with ``annotations`` only instances carrying all of
+    them are stopped.
+    """
+
+    actor_ref: str
+    count: int = 0
+    host_id: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateActor:
     """``cmd.{host}.upd``: replace an actor's module by ``new_actor_ref``."""
 
@@ -282,6 +297,20 @@ def parse_scale_actor(body: bytes) -> ScaleActor:
     )
 
 
+def parse_stop_actor(body: bytes) -> StopActor:
+    """Parse ``sa`` (``{actor_ref, host_id?, count?=0, annotations?}``)."""
+    what = "stop actor"
+    m = _object(body, what)
+    count = _int(m, "count", what, default=0, low=0)
+    assert count is not None  # a default is given
+    return StopActor(
+        actor_ref=_nonempty(m, "actor_ref", what),
+        count=count,
+        host_id=_opt_str(m, "host_id", what),
+        annotations=_str_map(m, "annotations", what),
+    )
+
+
 def parse_update_actor(body: bytes) -> UpdateActor:
     """Parse ``upd`` (``{new_actor_ref, actor_id?, host_id?, annotations?}``)."""
     what = "update actor"
@@ -324,15 +353,42 @@ def parse_actor_auction(body: bytes) -> ActorAuction:
     )
 
 
+_SUBJECT_UNSAFE = frozenset(".*> \t\r\n\x00")
+
+
+def _link_token(m: dict[str, Any], key: str, what: str, *, default: str | None = None) -> str:
+    """A link id that ends up in an RPC subject: one NATS token, printable."""
+    value = _nonempty(m, key, what, default=default)
+    if not _SUBJECT_UNSAFE.isdisjoint(value) or not value.isprintable():
+        raise ControlRequestError(
+            f"{what}: '{key}' must not contain '.', '*', '>', whitespace or control characters"
+        )
+    return value
+
+
+def _contract(m: dict[str, Any], what: str) -> str:
+    value = _nonempty(m, "contract_id", what)
+    if not value.isprintable() or any(c.isspace() or c in "*>" for c in value):
+        raise ControlRequestError(
+            f"{what}: 'contract_id' must not contain whitespace, wildcards or control characters"
+        )
+    return value
+
+
 def parse_linkdef_put(body: bytes) -> LinkDefinition:
-    """Parse ``linkdefs.put``; ``link_name`` defaults to ``default``."""
+    """Parse ``linkdefs.put``; ``link_name`` defaults to ``default``.
+
+    The ids are checked as the call path uses them (provider id and link name become
+    tokens of ``wasmbus.rpc.{lattice}.{provider}.{link}``), so a link that could never be
+    called, or that would widen a subscription, is refused here instead of stored.
+    """
     what = "link definition"
     m = _object(body, what)
     return LinkDefinition(
-        actor_id=_nonempty(m, "actor_id", what),
-        contract_id=_nonempty(m, "contract_id", what),
-        provider_id=_nonempty(m, "provider_id", what),
-        link_name=_nonempty(m, "link_name", what, default="default"),
+        actor_id=_link_token(m, "actor_id", what),
+        contract_id=_contract(m, what),
+        provider_id=_link_token(m, "provider_id", what),
+        link_name=_link_token(m, "link_name", what, default="default"),
         values=_str_map(m, "values", what),
     )
 

@@ -3,9 +3,11 @@
 Serving: one queue subscription per running actor (the subject is the queue group, so
 hosts running the same actor share the load). Each request is decoded, its anti-forgery
 claims validated — signed by a key in ``cluster_issuers``, URLs, hash, expiry, host id,
-and addressed to this very actor — and only then run in the sandbox. Every request gets
-an InvocationResponse: the answer, or ``error`` set; a forged or malformed one never
-reaches the actor. Requests are served concurrently (bounded), so callers can pipeline.
+and addressed to this very actor — checked against replay (:mod:`agent.lattice.replay`),
+and only then run in the sandbox. Every request gets an InvocationResponse: the answer,
+or ``error`` set; a forged, replayed or malformed one never reaches the actor. Rejections
+are logged rate-limited, with the sender's strings escaped. Requests are served
+concurrently (bounded), so callers can pipeline.
 
 Calling out: :class:`LatticeRpcClient` sends actor-to-actor and actor-to-provider calls as
 invocations signed with this host's cluster key.
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
+from agent.background import Background
 from agent.errors import (
     ActorError,
     HostCallError,
@@ -35,6 +38,8 @@ from agent.lattice.invocation import (
     new_invocation,
     validate_invocation,
 )
+from agent.lattice.replay import ReplayGuard
+from agent.logs import RateLimiter, escape
 
 __all__ = ["LatticeRpcClient", "RpcServer"]
 
@@ -55,16 +60,19 @@ class RpcServer:
         lattice: str,
         host_id: str,
         cluster_issuers: Collection[str],
-        tasks: asyncio.TaskGroup,
+        background: Background,
         emit_rpc_event: Callable[[str, dict[str, Any]], None] | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self._nats = nats_client
         self._registry = registry
         self._lattice = lattice
         self._host_id = host_id
         self._issuers = tuple(cluster_issuers)
-        self._tasks = tasks
+        self._background = background
         self._emit = emit_rpc_event
+        self._replay = replay or ReplayGuard()
+        self._limiter = RateLimiter()
         self._subscriptions: dict[str, Any] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
@@ -80,7 +88,7 @@ class RpcServer:
 
             async def handler(msg: Any, actor_id: str = actor_id) -> None:
                 await self._slots.acquire()
-                self._tasks.create_task(self._serve(msg, actor_id))
+                self._background.spawn(self._serve(msg, actor_id), what="invocation")
 
             self._subscriptions[actor_id] = await self._nats.subscribe(
                 subject, queue=subject, cb=handler
@@ -105,8 +113,6 @@ class RpcServer:
             response = await self._answer(bytes(msg.data), actor_id)
             if msg.reply:
                 await msg.respond(response.encode())
-        except Exception:  # one request must never take the server down
-            logger.exception("serving an invocation for %s failed", actor_id)
         finally:
             self._slots.release()
 
@@ -116,11 +122,17 @@ class RpcServer:
         except InvocationError as exc:
             return InvocationResponse.failure("", f"malformed invocation: {exc}")
         try:
-            validate_invocation(
+            claims = validate_invocation(
                 invocation, cluster_issuers=self._issuers, expected_target_pk=actor_id
             )
+            self._replay.admit(claims.jti or f"{claims.issuer}:{claims.subject}", claims.issued_at)
         except InvocationError as exc:
-            logger.warning("rejected invocation %s for %s: %s", invocation.id, actor_id, exc)
+            check = getattr(exc, "check", "format")
+            self._limiter.log(
+                logger, logging.WARNING, f"rejected:{check}",
+                "rejected invocation %s for %s: %s",
+                escape(invocation.id), actor_id, escape(str(exc)),
+            )  # fmt: skip
             self._event(invocation, error=f"invocation rejected: {exc}")
             return InvocationResponse.failure(invocation.id, f"invocation rejected: {exc}")
         try:
@@ -212,6 +224,9 @@ class LatticeRpcClient:
             response = InvocationResponse.decode(bytes(reply.data))
         except InvocationError as exc:
             raise HostCallError(f"{target.public_key} sent a malformed response: {exc}") from exc
+        if response.invocation_id and response.invocation_id != invocation.id:
+            # Not an answer to this call: someone replied who should not have.
+            raise HostCallError(f"the response from {target.public_key} answers another call")
         if response.error:
             raise HostCallError(response.error)
         return bytes(response.msg)

@@ -55,7 +55,7 @@ class ControlKind(enum.Enum):
     GET_CLAIMS = "get.claims"
     GET_LINKS = "get.links"
     LAUNCH_ACTOR = "cmd.la"
-    START_ACTOR = "cmd.sa"
+    STOP_ACTOR = "cmd.sa"
     SCALE_ACTOR = "cmd.scale"
     STOP_HOST = "cmd.stop"
     UPDATE_ACTOR = "cmd.upd"
@@ -68,7 +68,7 @@ class ControlKind(enum.Enum):
 # the last token of ``cmd.{host}.<op>`` for each command we serve
 _COMMANDS = {
     "la": ControlKind.LAUNCH_ACTOR,
-    "sa": ControlKind.START_ACTOR,
+    "sa": ControlKind.STOP_ACTOR,  # "stop actor" in wash and both hosts
     "scale": ControlKind.SCALE_ACTOR,
     "stop": ControlKind.STOP_HOST,
     "upd": ControlKind.UPDATE_ACTOR,

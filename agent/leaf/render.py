@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent.config import HostPort, UpstreamSettings
 from agent.errors import LeafConfigError
+from agent.leaf.access import LocalAccess, authorization_table
 
 __all__ = ["LeafPlan", "RenderedConfig", "render", "to_conf"]
 
@@ -39,6 +40,7 @@ class LeafPlan:
     jetstream_max_file_mb: int
     sync_interval: str | None = None
     upstream: UpstreamSettings | None = None
+    access: LocalAccess | None = None  # None: the local listener takes anyone (tests only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,8 @@ def render(plan: LeafPlan, version: Version) -> RenderedConfig:
         "lame_duck_duration": "30s",
         "lame_duck_grace_period": "1s",
     }
+    if plan.access is not None:
+        conf.update(authorization_table(plan.access))
     if plan.jetstream:
         jetstream: dict[str, ConfValue] = {
             "store_dir": str(plan.store_dir),

@@ -75,6 +75,22 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
         ("[budgets]\nmax_actor = 3\n", "budgets.max_actor", "unknown key"),
         ("[upstream]\nurls = ['http://x']\n", "upstream.urls", "nats-leaf://"),
         ("[log]\nlevel = 'loud'\n", "log.level", "one of"),
+        ("[log]\nformat = 'xml'\n", "log.format", "one of"),
+        ("[upstream]\nurls = ['nats://u:pw@hub:7422']\n", "upstream.urls", "carries credentials"),
+        ("[actors]\npinned_modules = ['abc']\n", "actors.pinned_modules", "SHA-256"),
+        ("[actors]\nfile_root = ['/x']\n", "actors.file_root", "unknown key"),
+        ("[[leaf.local_users]]\npassword_file = 'p'\n", "leaf.local_users[0].name", "required"),
+        ("[[leaf.local_users]]\nname = 'a'\n", "leaf.local_users[0].password_file", "exactly one"),
+        (
+            "[[leaf.local_users]]\nname = 'a'\nnkey = 'UNOPE'\n",
+            "leaf.local_users[0].nkey",
+            "user key",
+        ),
+        (
+            "[[leaf.local_users]]\nname = 'local'\npassword_file = 'p'\n",
+            "leaf.local_users[0].name",
+            "taken",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
@@ -145,6 +161,43 @@ def test_embedded_default_uses_its_own_data_dir() -> None:
     assert config.source is None
     assert config.host.data_dir.name == "embedded"
     assert config.upstream is None
+
+
+def test_embedded_default_pins_the_demo_instead_of_trusting_its_issuer() -> None:
+    # Regression: the demo issuer's seed is public, so trusting it let anyone sign a
+    # module the embedded default would run.
+    import hashlib
+
+    from agent.runtime.demo import DEMO_ISSUER, DEMO_SHA256, demo_actor_bytes
+
+    config = load_config(None, env={})
+    assert DEMO_ISSUER not in config.trust.trusted_issuers
+    assert config.actors.pinned_modules == (DEMO_SHA256,)
+    assert hashlib.sha256(demo_actor_bytes()).hexdigest() == DEMO_SHA256
+
+
+def test_actor_file_roots_default_to_the_data_dir(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, f"[host]\ndata_dir = '{tmp_path}/d'\n"), env={})
+    assert config.actors.file_roots == (tmp_path / "d" / "actors",)
+    config = load_config(write(tmp_path, "[actors]\nfile_roots = ['mods', '/opt/a']\n"), env={})
+    assert config.actors.file_roots == (tmp_path / "mods", Path("/opt/a"))
+
+
+def test_local_users(tmp_path: Path) -> None:
+    user = generate(KeyKind.USER).public_key
+    config = load_config(
+        write(
+            tmp_path,
+            "[leaf]\nallow_anonymous = false\n"
+            "[[leaf.local_users]]\nname = 'sensors'\npassword_file = 'pw'\npublish = ['s.>']\n"
+            f"[[leaf.local_users]]\nname = 'dash'\nnkey = '{user}'\n",
+        ),
+        env={},
+    )
+    sensors, dash = config.leaf.local_users
+    assert not config.leaf.allow_anonymous
+    assert sensors.password_file == tmp_path / "pw" and sensors.publish == ("s.>",)
+    assert dash.nkey == user and dash.publish is None
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_bad_prefix_refused() -> None:
         ("get.claims", ControlKind.GET_CLAIMS, None),
         ("get.links", ControlKind.GET_LINKS, None),
         (f"cmd.{HOST}.la", ControlKind.LAUNCH_ACTOR, HOST),
-        (f"cmd.{HOST}.sa", ControlKind.START_ACTOR, HOST),
+        (f"cmd.{HOST}.sa", ControlKind.STOP_ACTOR, HOST),
         (f"cmd.{HOST}.scale", ControlKind.SCALE_ACTOR, HOST),
         (f"cmd.{HOST}.stop", ControlKind.STOP_HOST, HOST),
         (f"cmd.{HOST}.upd", ControlKind.UPDATE_ACTOR, HOST),

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ActorRefError
-from agent.lattice.refs import ActorRef, ModuleCache, fetch_module, parse_ref
+from agent.lattice.refs import (
+    ActorRef,
+    FetchPolicy,
+    ModuleCache,
+    fetch_module,
+    parse_ref,
+    read_module_file,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,8 +64,56 @@ def test_cache_is_content_addressed(tmp_path: Path) -> None:
 async def test_fetch_file(tmp_path: Path) -> None:
     module = tmp_path / "a.wasm"
     module.write_bytes(b"\0asm")
-    assert await fetch_module(parse_ref(f"file://{module}"), None) == b"\0asm"
+    policy = FetchPolicy((tmp_path,))
+    assert await fetch_module(parse_ref(f"file://{module}"), None, policy) == b"\0asm"
     with pytest.raises(ActorRefError, match="cannot read"):
-        await fetch_module(parse_ref(str(tmp_path / "missing.wasm")), None)
+        await fetch_module(parse_ref(str(tmp_path / "missing.wasm")), None, policy)
     with pytest.raises(ActorRefError, match="not connected"):
-        await fetch_module(parse_ref("nats-os://B/x"), None)
+        await fetch_module(parse_ref("nats-os://B/x"), None, policy)
+
+
+@pytest.mark.parametrize("ref", ["file:///tmp/a\u0000b", "file:///tmp/a\nb", "nats-os://B/\x1b[2J"])
+def test_references_with_control_characters_are_refused(ref: str) -> None:
+    # Regression: a NUL in a file:// reference was acknowledged, then crashed the agent.
+    with pytest.raises(ActorRefError, match="control characters"):
+        parse_ref(ref.encode().decode("unicode_escape"))
+
+
+def test_paths_outside_the_roots_are_refused_without_being_touched(tmp_path: Path) -> None:
+    root = tmp_path / "actors"
+    root.mkdir()
+    policy = FetchPolicy((root,))
+    for path in ("/etc/shadow", "/etc/no-such-file", f"{root}/../escape.wasm", f"{root}x/a"):
+        with pytest.raises(ActorRefError, match="outside the directories") as caught:
+            read_module_file(path, policy)
+        # The same answer whether or not the file exists: nothing to probe paths with.
+        assert "No such file" not in str(caught.value)
+
+
+def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "actors"
+    root.mkdir()
+    secret = tmp_path / "secret.wasm"
+    secret.write_bytes(b"\0asm secret")
+    (root / "link.wasm").symlink_to(secret)
+    with pytest.raises(ActorRefError, match="outside the directories"):
+        read_module_file(str(root / "link.wasm"), FetchPolicy((root,)))
+
+
+def test_devices_and_fifos_are_refused_without_blocking(tmp_path: Path) -> None:
+    # Regression: file:///dev/zero grew the agent until the OOM killer; a FIFO with no
+    # writer blocked the event loop.
+    fifo = tmp_path / "pipe.wasm"
+    os.mkfifo(fifo)
+    with pytest.raises(ActorRefError, match="not a regular file"):
+        read_module_file(str(fifo), FetchPolicy((tmp_path,)))
+    with pytest.raises(ActorRefError, match="not a regular file"):
+        read_module_file("/dev/zero", FetchPolicy((Path("/dev"),)))
+
+
+def test_oversized_files_are_refused_before_reading(tmp_path: Path) -> None:
+    big = tmp_path / "big.wasm"
+    big.write_bytes(b"\0asm" + b"x" * 100)
+    with pytest.raises(ActorRefError, match="over the 64 limit"):
+        read_module_file(str(big), FetchPolicy((tmp_path,), max_bytes=64))
+    assert read_module_file(str(big), FetchPolicy((tmp_path,), max_bytes=104)).startswith(b"\0asm")
