@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.lattice.control_codec import LinkDefinition
 from agent.errors import StateError
+from agent.lattice.control_codec import LinkDefinition
 from agent.state import DesiredActor, DesiredState, StateKeeper, StateStore
 
 ACTOR = DesiredActor("MABC", "file:///opt/a.wasm", "ab" * 32, 2, {"team": "greenhouse"})
