@@ -35,6 +35,7 @@ class Background:
     def __init__(self, tasks: asyncio.TaskGroup, limiter: RateLimiter | None = None) -> None:
         self._tasks = tasks
         self._limiter = limiter or RateLimiter()
+        self._live: set[asyncio.Task[None]] = set()
         self.failures = 0  # for status and tests
 
     def spawn(
@@ -45,7 +46,15 @@ class Background:
         on_error: Callable[[str], Awaitable[None]] | None = None,
     ) -> asyncio.Task[None]:
         """Run ``work`` as a task of the host; ``what`` names it in the log."""
-        return self._tasks.create_task(self._guard(work, what, on_error), name=what)
+        task = self._tasks.create_task(self._guard(work, what, on_error), name=what)
+        self._live.add(task)
+        task.add_done_callback(self._live.discard)
+        return task
+
+    def cancel_all(self) -> None:
+        """Cancel whatever still runs (shutdown, once requests have drained)."""
+        for task in list(self._live):
+            task.cancel()
 
     async def _guard(
         self,

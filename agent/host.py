@@ -316,6 +316,8 @@ class Host:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if self.background is not None:
+                self.background.cancel_all()
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -17,6 +17,7 @@ from agent.config import HostPort, load_config
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic, write_secret
 from agent.identity.host import ensure_host_keys
+from agent.identity.local import ensure_agent_user
 from agent.identity.jwt import format_creds, read_creds
 from agent.identity.tls import check_pem_certificate
 
@@ -128,6 +129,7 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     if creds is not None and creds_path is not None:
         write_secret(creds_path, format_creds(creds.jwt, creds.seed).encode())
     keys, created = ensure_host_keys(config.keys_dir)
+    ensure_agent_user(config.host.data_dir)
     if existing == text and not created:
         message = "already initialised"
     elif existing is None:

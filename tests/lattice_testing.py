@@ -62,6 +62,16 @@ def http_json(port: int, path: str) -> Any:
         return None
 
 
+def agent_seed(data_dir: Path) -> str:
+    """The seed of a device's agent user: what its CLI (and a test) logs in to its leaf with.
+
+    Anonymous local clients may use application subjects only; control and RPC need it.
+    """
+    from agent.identity.local import load_agent_user
+
+    return load_agent_user(data_dir).seed
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -154,7 +154,13 @@ def init(
 
 @cli.command()
 @config_option
-def run(config_path: Path | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or as JSON objects (default: the config's log.format).",
+)
+def run(config_path: Path | None, log_format: str | None) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT."""
     from agent.host import HostInfo, prepare_host
 
@@ -162,7 +168,7 @@ def run(config_path: Path | None) -> None:
     embedded = config is None
     if config is None:
         config = embedded_default()
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, log_format or config.log_format)
     host = prepare_host(config, create_keys=embedded, demo=embedded)
 
     def announce(info: HostInfo) -> None:

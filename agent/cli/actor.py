@@ -219,9 +219,25 @@ def actor_call(
 @click.option("--count", type=click.IntRange(min=1), default=1, show_default=True)
 @config_option
 def actor_start(actor_ref: str, count: int, config_path: Path | None) -> None:
-    """Start an actor on the local host through the lattice; print its key."""
+    """Start an actor on the local host through the lattice; print its key.
+
+    ACTOR_REF is a module file (a path, relative or absolute, or file:///path), which is
+    uploaded to the host's own object store first, or a reference the host fetches itself:
+    nats-os://BUCKET/OBJECT[?domain=D] or sha256:DIGEST (a module in its cache).
+    """
     config, host_id = _local_host(config_path)
-    started = _on_lattice(config, lambda client: client.start_actor(host_id, actor_ref, count))
+
+    async def start(client: LatticeClient) -> dict[str, Any]:
+        if actor_ref.startswith(("nats-os://", "sha256:")):
+            reference = actor_ref
+        else:
+            # The agent reads no file a caller names outside its roots; the CLI reads it
+            # with the user's own rights and hands the agent the bytes.
+            path = Path(actor_ref.removeprefix("file://"))
+            reference = await client.upload_module(_read_module(path))
+        return await client.start_actor(host_id, reference, count)
+
+    started = _on_lattice(config, start)
     click.echo(started["public_key"])
 
 

@@ -5,9 +5,7 @@ imports click.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +34,10 @@ config_option = click.option(
 )
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if DEBUG["enabled"] else getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    from agent.logs import setup_logging as configure
+
+    configure(level, log_format, debug=DEBUG["enabled"])
 
 
 def load_or_none(config_path: Path | None) -> Config | None:

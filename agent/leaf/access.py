@@ -20,7 +20,6 @@ not affected.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -115,14 +114,10 @@ def authorization_table(access: LocalAccess) -> dict[str, ConfValue]:
     """The ``authorization`` block (and ``no_auth_user``) for the leaf's config."""
     users: list[ConfValue] = [{"nkey": access.agent_user}]
     if access.anonymous:
-        # The password exists only so that nobody can log in as this user by name; clients
-        # reach it by presenting nothing. A fresh one on every render is fine.
+        # No password: logging in as this user by name gets exactly what presenting
+        # nothing gets.
         users.append(
-            {
-                "user": ANONYMOUS_USER,
-                "password": secrets.token_urlsafe(24),
-                "permissions": _permissions(LocalUser(ANONYMOUS_USER)),
-            }
+            {"user": ANONYMOUS_USER, "permissions": _permissions(LocalUser(ANONYMOUS_USER))}
         )
     for user in access.users:
         entry: dict[str, ConfValue] = (

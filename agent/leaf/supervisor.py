@@ -16,6 +16,7 @@ import ctypes
 import enum
 import logging
 import os
+import random
 import re
 import signal
 import time
@@ -47,15 +48,25 @@ class LeafState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Restart delays: ``initial`` doubling up to ``maximum``; reset after a stable run."""
+    """Restart delays: ``initial`` doubling up to ``maximum``, each with ±``jitter``.
+
+    The delay resets once a start has stayed healthy for ``stable_after`` seconds, so a
+    leaf that crashes now and then is back within a second, while one that dies right
+    after starting (a bad config, a port taken) still backs off.
+    """
 
     initial: float = 0.5
     maximum: float = 30.0
-    stable_after: float = 60.0
+    stable_after: float = 3.0
+    jitter: float = 0.2
 
     def next(self, delay: float) -> float:
         """The delay after ``delay``."""
         return min(delay * 2, self.maximum)
+
+    def jittered(self, delay: float) -> float:
+        """``delay`` spread by the jitter, so a fleet's leaves do not restart in step."""
+        return delay * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
 _LEVEL = re.compile(r"\[(TRC|DBG|INF|WRN|ERR|FTL)\]\s?(.*)$")
@@ -166,7 +177,7 @@ class LeafSupervisor:
     async def start(self, tasks: asyncio.TaskGroup) -> None:
         """Start nats-server, wait until it is ready, then watch it from ``tasks``."""
         self._stopping = False
-        self._stop_stale_child()
+        await asyncio.to_thread(self._stop_stale_child)  # psutil waits up to 5 s
         await self._launch(tasks)
         self._watcher = tasks.create_task(self._watch(tasks), name="leaf-watch")
 
@@ -263,13 +274,13 @@ class LeafSupervisor:
                 delay = self.backoff.initial
             self.state = LeafState.RESTARTING
             logger.warning(
-                "nats-server (pid %d) exited unexpectedly with code %s; restarting in %.1f s",
+                "nats-server (pid %d) exited unexpectedly with code %s; restarting in ~%.1f s",
                 proc.pid,
                 code,
                 delay,
             )
             while True:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.backoff.jittered(delay))
                 delay = self.backoff.next(delay)
                 try:
                     await self._launch(tasks)

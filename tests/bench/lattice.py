@@ -119,7 +119,10 @@ async def bench(
     cloud = await nats.connect(hub.client_url, user_credentials=str(hub.client_creds))
     lattice = LatticeClient(cloud)
     try:
-        started = await lattice.start_actor(host_id, f"file://{DEMO}")
+        demo = agent.data_dir / "actors" / "echo.wasm"  # inside the default file root
+        demo.parent.mkdir(parents=True, exist_ok=True)
+        demo.write_bytes(DEMO.read_bytes())
+        started = await lattice.start_actor(host_id, f"file://{demo}")
         actor = started["public_key"]
         rpc_subject = f"wasmbus.rpc.default.{actor}"
 
@@ -172,7 +175,7 @@ async def bench(
         module = ECHO_GUEST.read_bytes()
         for index in range(10):
             signed, _ = sign_module(module, issuer, f"bench echo {index}")
-            path = workdir / f"echo-{index}.wasm"
+            path = agent.data_dir / "actors" / f"echo-{index}.wasm"
             path.write_bytes(signed)
             await lattice.start_actor(host_id, f"file://{path}")
         await asyncio.sleep(args.settle)

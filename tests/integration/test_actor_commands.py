@@ -3,6 +3,7 @@ through its NATS control interface."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,13 +46,15 @@ def test_actor_lifecycle_from_the_cli(
     assert failed.returncode == 1 and "unknown operation Nope" in failed.stderr
 
     status = json.loads(run_cli("status", "--json", *cfg).stdout)
+    # The CLI uploaded the file to the device's own object store; the agent read no path.
+    digest = hashlib.sha256(DEMO.read_bytes()).hexdigest()
     assert status["actors"] == [
         {"id": actor, "name": "Lattice Edge demo echo", "instances": 2,
-         "image_ref": f"file://{DEMO}"}
+         "image_ref": f"nats-os://lattice-edge-modules/{digest}"}
     ]  # fmt: skip
 
-    untrusted = run_cli("actor", "start", f"file://{tmp_path / 'missing.wasm'}", *cfg)
-    assert untrusted.returncode == 1 and "cannot read" in untrusted.stderr
+    missing = run_cli("actor", "start", f"file://{tmp_path / 'missing.wasm'}", *cfg)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
 
     stopped = run_cli("actor", "stop", actor, *cfg)
     assert stopped.returncode == 0, stopped.stderr

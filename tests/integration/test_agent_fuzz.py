@@ -14,7 +14,7 @@ import nats
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lattice_testing import AgentProcess, free_port, run_cli
+from lattice_testing import AgentProcess, agent_seed, free_port, run_cli
 
 from agent.lattice.invocation import InvocationResponse
 
@@ -25,9 +25,10 @@ DEMO_ACTOR = "MARWLVHRDVRB4VZFLTHMZ37PIOVG4F5WWHK3LRECIU7UH5PWC72SQNNP"
 
 
 class Running:
-    def __init__(self, url: str, host_id: str) -> None:
+    def __init__(self, url: str, host_id: str, seed: str) -> None:
         self.url = url
         self.host_id = host_id
+        self.seed = seed
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         url = f"nats://127.0.0.1:{client}"
         started = run_cli("actor", "start", f"file://{DEMO}", "--config", str(root / "agent.toml"))
         assert started.returncode == 0, started.stderr
-        yield Running(url, host_id)
+        yield Running(url, host_id, agent_seed(root / "data"))
         assert agent.process is not None and agent.process.poll() is None
     finally:
         agent.kill_all()
@@ -92,8 +93,8 @@ bodies = st.one_of(
 )  # fmt: skip
 
 
-async def request(url: str, subject: str, body: bytes) -> bytes:
-    client = await nats.connect(url)
+async def request(running: Running, subject: str, body: bytes) -> bytes:
+    client = await nats.connect(running.url, nkeys_seed_str=running.seed)
     try:
         reply = await client.request(subject, body, timeout=5)
         return bytes(reply.data)
@@ -113,7 +114,7 @@ def test_control_subjects_refuse_malformed_requests(
     running: Running, index: int, body: bytes
 ) -> None:
     subject = control_subjects(running.host_id)[index]
-    reply = json.loads(asyncio.run(request(running.url, subject, body)))
+    reply = json.loads(asyncio.run(request(running, subject, body)))
     if not_an_object(body) or subject.endswith(".bogus"):
         assert is_refusal(reply), (subject, body, reply)
     else:
@@ -138,11 +139,11 @@ def test_control_subjects_refuse_malformed_requests(
 )  # fmt: skip
 def test_rpc_refuses_malformed_invocations(running: Running, body: bytes) -> None:
     subject = f"wasmbus.rpc.default.{DEMO_ACTOR}"
-    response = InvocationResponse.decode(asyncio.run(request(running.url, subject, body)))
+    response = InvocationResponse.decode(asyncio.run(request(running, subject, body)))
     assert response.error, response
 
 
 def test_still_serving_after_the_storm(running: Running) -> None:
     subject = f"wasmbus.ctl.default.get.{running.host_id}.inv"
-    inventory = json.loads(asyncio.run(request(running.url, subject, b"")))
+    inventory = json.loads(asyncio.run(request(running, subject, b"")))
     assert [a["id"] for a in inventory["actors"]] == [DEMO_ACTOR]

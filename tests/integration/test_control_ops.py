@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lattice_testing import AgentProcess, run_cli
+from lattice_testing import AgentProcess, agent_seed, run_cli
 
 from agent.identity.keys import KeyKind, generate
 from agent.identity.wascap import sign_module
@@ -26,7 +26,8 @@ async def test_auction_update_scale_links_claims(
         signed, _ = sign_module(
             ECHO.read_bytes(), issuer, "Echo", rev=rev, ver=f"0.{rev}.0", module_key=module_key
         )
-        path = tmp_path / f"echo-{rev}.wasm"
+        path = tmp_path / "data" / "actors" / f"echo-{rev}.wasm"  # the default file root
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(signed)
         versions.append(f"file://{path}")
     config = tmp_path / "agent.toml"
@@ -52,7 +53,8 @@ async def test_auction_update_scale_links_claims(
     actor = module_key.public_key
     ctl = "wasmbus.ctl.default"
 
-    async with connect(f"nats://127.0.0.1:{ports['client']}") as client:
+    seed = agent_seed(tmp_path / "data")
+    async with connect(f"nats://127.0.0.1:{ports['client']}", seed=seed) as client:
         await auctions(client, host)
         await client.start_actor(host, versions[0])
 

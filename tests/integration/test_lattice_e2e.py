@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import msgpack
 import nats
 import pytest
-from lattice_testing import AgentProcess, Hub, alive, run_cli, wait_until
+from lattice_testing import AgentProcess, Hub, agent_seed, alive, run_cli, wait_until
 
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.lattice.client import LatticeClient
@@ -66,9 +67,21 @@ def setup_device(
     return Device(config, data, result.stdout.strip(), f"nats://127.0.0.1:{ports['client']}", agent)
 
 
+def in_file_root(device: Device, module: Path) -> str:
+    """Copy ``module`` under the device's file root; return its ``file://`` reference."""
+    target = device.data / "actors" / module.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(module, target)
+    return f"file://{target}"
+
+
 @contextlib.asynccontextmanager
-async def lattice(url: str, creds: Path | None = None) -> AsyncIterator[LatticeClient]:
-    client = await nats.connect(url, user_credentials=str(creds) if creds else None)
+async def lattice(
+    url: str, creds: Path | None = None, *, seed: str | None = None
+) -> AsyncIterator[LatticeClient]:
+    client = await nats.connect(
+        url, user_credentials=str(creds) if creds else None, nkeys_seed_str=seed
+    )
     try:
         yield LatticeClient(client)
     finally:
@@ -207,9 +220,9 @@ async def test_offline_device_keeps_its_lattice(
 
     cluster = (device.data / "keys" / "cluster.nk").read_text().strip()
     key = KeyPair.from_seed(cluster)
-    async with lattice(device.client_url) as local:
+    async with lattice(device.client_url, seed=agent_seed(device.data)) as local:
         await until_pinged(local, device.host_id, timeout=5)
-        started = await local.start_actor(device.host_id, f"file://{PROXY}")
+        started = await local.start_actor(device.host_id, in_file_root(device, PROXY))
         assert started["public_key"] == PROXY_ACTOR
 
         async def call(operation: str, body: bytes) -> bytes:
@@ -254,8 +267,8 @@ async def test_kill_9_and_restart_brings_everything_back(
         "provider_id": "VAG3QITQQ2ODAOWB5TTQSDJ53XK3SHBEIFNK4AYJ5RKAX2UNSCAPHA5M",
         "values": {"PORT": "8080"},
     }  # fmt: skip
-    async with lattice(device.client_url) as local:
-        await local.start_actor(device.host_id, f"file://{PROXY}", count=2)
+    async with lattice(device.client_url, seed=agent_seed(device.data)) as local:
+        await local.start_actor(device.host_id, in_file_root(device, PROXY), count=2)
         ack = await local.request("wasmbus.ctl.default.linkdefs.put", link)
         assert ack == {"accepted": True, "error": ""}
         first = await local.invoke(
@@ -272,7 +285,7 @@ async def test_kill_9_and_restart_brings_everything_back(
 
     again = agent_factory(device.config, device.data).start()
     again.wait_ready()
-    async with lattice(device.client_url) as local:
+    async with lattice(device.client_url, seed=agent_seed(device.data)) as local:
         inventory = await local.inventory(device.host_id)
         (actor,) = inventory["actors"]
         assert actor["id"] == PROXY_ACTOR and len(actor["instances"]) == 2
