@@ -17,8 +17,8 @@ from agent.config import HostPort, load_config
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic, write_secret
 from agent.identity.host import ensure_host_keys
-from agent.identity.local import ensure_agent_user
 from agent.identity.jwt import format_creds, read_creds
+from agent.identity.local import ensure_agent_user
 from agent.identity.tls import check_pem_certificate
 
 __all__ = ["InitRequest", "InitResult", "initialise", "render_config"]
