@@ -39,6 +39,7 @@ from agent.identity.jwt import read_creds
 from agent.identity.keys import KeyPair
 from agent.identity.local import ensure_agent_user, load_agent_user, read_password_file
 from agent.identity.tls import check_pem_certificate
+from agent.lattice import subjects
 from agent.lattice.actors import ActorRegistry
 from agent.lattice.control import ControlServer, HostFacts, host_labels
 from agent.lattice.hostcalls import HostCallRouter, LinkTable
@@ -201,6 +202,7 @@ class Host:
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self.keeper = StateKeeper(self.state_store, self._running_state)
         self.background: Background | None = None
+        self.health_sections: dict[str, Callable[[], Any]] = {}
         self._stop = asyncio.Event()
         self._force = False
 
@@ -446,6 +448,11 @@ class Host:
         )
         await self.rpc.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
+        await self.nats.subscribe(subjects.agent_health(self.keys.host_id), cb=self._answer_health)
+
+    async def _answer_health(self, msg: Any) -> None:
+        if msg.reply:
+            await msg.respond(json.dumps(self.health()).encode())
 
     async def _changed(self) -> None:
         """Actors changed (the keeper has saved them): follow with RPC subscriptions."""
@@ -453,9 +460,12 @@ class Host:
             await self.rpc.sync()
 
     def health(self) -> dict[str, Any]:
-        """The agent's own condition, for the heartbeat and ``status``."""
+        """The agent's own condition, for the heartbeat and ``status``.
+
+        Subsystems add their own sections to :attr:`health_sections` (name → callable).
+        """
         failed = self.keeper.failed()
-        return {
+        report: dict[str, Any] = {
             "state_saved": self.keeper.saved,
             "state_error": self.keeper.error,
             "restore_failed": [
@@ -464,6 +474,9 @@ class Host:
             "leaf_restarts": self.leaf.restarts,
             "background_failures": self.background.failures if self.background else 0,
         }
+        for name, section in self.health_sections.items():
+            report[name] = section()
+        return report
 
     async def _keep_state_saved(self) -> None:
         """Write the desired state again while the disk refuses it."""

@@ -31,6 +31,11 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("upstream : none configured (standalone)")
     for actor in report.get("actors", []):
         lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
+    health = report.get("health") or {}
+    if health and not health.get("state_saved", True):
+        lines.append(f"state    : NOT SAVED, serving from memory ({health.get('state_error')})")
+    for failed in health.get("restore_failed", []):
+        lines.append(f"actor    : {failed['actor_ref']} not restored: {failed['error']}")
     temperature = device["temperature_c"]
     load = " ".join(f"{x:.2f}" for x in device["load_average"])
     lines += [

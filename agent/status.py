@@ -64,21 +64,27 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
     return result
 
 
-async def _actors(config: Config, host_id: str) -> list[dict[str, Any]]:
-    """The running actors, from the host's inventory on the lattice (empty if unreachable)."""
+async def _from_agent(
+    config: Config, host_id: str
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The running actors (the host's lattice inventory) and the agent's health report;
+    empty when the agent cannot be reached."""
     from agent.errors import LatticeEdgeError
+    from agent.lattice import subjects
     from agent.lattice.client import connect_local
 
     try:
         async with connect_local(config) as client:
             inventory = await client.inventory(host_id)
+            health = await client.request(subjects.agent_health(host_id))
     except LatticeEdgeError:
-        return []
-    return [
+        return [], None
+    actors = [
         {"id": a.get("id"), "name": a.get("name"), "instances": len(a.get("instances", [])),
          "image_ref": a.get("image_ref")}
         for a in inventory.get("actors", []) if isinstance(a, dict)
     ]  # fmt: skip
+    return actors, health if isinstance(health, dict) else None
 
 
 async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
@@ -88,7 +94,10 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
     leaf = await _leaf_status(config)
     configured = list(config.upstream.urls) if config.upstream else []
     host_id = state.get("host_id") if state else None
-    actors = await _actors(config, host_id) if agent_up and isinstance(host_id, str) else []
+    actors: list[dict[str, Any]] = []
+    health: dict[str, Any] | None = None
+    if agent_up and isinstance(host_id, str):
+        actors, health = await _from_agent(config, host_id)
     return {
         "agent": {
             "up": agent_up,
@@ -103,6 +112,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
             "connected": bool(leaf.get("upstream_links")),
         },
         "actors": actors,
+        "health": health,
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

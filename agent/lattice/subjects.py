@@ -252,3 +252,15 @@ def provider_rpc(lattice: str, provider_pk: str, link_name: str) -> str:
         f"{_RPC}.{_token(lattice, 'lattice')}.{_token(provider_pk, 'provider public key')}"
         f".{_token(link_name, 'link name')}"
     )
+
+
+# --- the agent's own subjects (not wasmCloud's) --------------------------------------------
+
+
+def agent_health(host_id: str) -> str:
+    """``lattice-edge.host.{host}.health``: the agent's condition, for ``status``.
+
+    Under ``lattice-edge.``, so anonymous local clients cannot ask (it names paths and
+    errors) or answer in the agent's place.
+    """
+    return f"lattice-edge.host.{_token(host_id, 'host id')}.health"

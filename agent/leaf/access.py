@@ -114,8 +114,8 @@ def authorization_table(access: LocalAccess) -> dict[str, ConfValue]:
     """The ``authorization`` block (and ``no_auth_user``) for the leaf's config."""
     users: list[ConfValue] = [{"nkey": access.agent_user}]
     if access.anonymous:
-        # No password: logging in as this user by name gets exactly what presenting
-        # nothing gets.
+        # No password (nats-server checks one even for no_auth_user): logging in as this
+        # user by name gets exactly what presenting nothing gets.
         users.append(
             {"user": ANONYMOUS_USER, "permissions": _permissions(LocalUser(ANONYMOUS_USER))}
         )

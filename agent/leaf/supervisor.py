@@ -80,6 +80,14 @@ _LEVELS = {
 }
 
 
+# Lines nats-server logs as warnings that are expected with our config: the anonymous
+# local user has no password by design, and the readiness probe may ask before it is up.
+_EXPECTED = (
+    re.compile(r"^Plaintext passwords detected"),
+    re.compile(r"^Healthcheck failed: .*failed to be ready for connections"),
+)
+
+
 class LogPump:
     """Turns nats-server output lines into log records, rate-limiting repeats.
 
@@ -102,6 +110,8 @@ class LogPump:
             return None
         match = _LEVEL.search(text)
         level_name, message = (match.group(1), match.group(2)) if match else ("INF", text)
+        if any(expected.search(message) for expected in _EXPECTED):
+            level_name = "DBG"
         if level_name in ("ERR", "FTL", "WRN"):
             self.recent.append(f"[{level_name}] {message}")
         key = re.sub(r"\d+", "#", f"{level_name} {message}")
