@@ -455,7 +455,7 @@ class Host:
             await msg.respond(json.dumps(self.health()).encode())
 
     async def _changed(self) -> None:
-        """Actors changed (the keeper has saved them): follow with RPC subscriptions."""
+        """Actors or links changed (the keeper has saved them): follow with subscriptions."""
         if self.rpc is not None:
             await self.rpc.sync()
 

@@ -107,7 +107,7 @@ class ControlServer:
         self._links = links
         self._keeper = keeper
         self._background = background
-        self._on_change = on_change  # resync RPC subscriptions with the running actors
+        self._on_change = on_change  # actors or links changed: resync what follows them
         self._on_stop = on_stop
         self._resources = resources
         self._health = health  # the agent's own state for the heartbeat (state file, …)
@@ -493,6 +493,7 @@ class ControlServer:
         except StateError as exc:
             self._restore_link(link, previous)
             raise StateError(f"{exc}; the link was not changed") from exc
+        await self._on_change()
         self.emit("linkdef_set", events.linkdef_set(link))
         return codec.ack()
 
@@ -505,6 +506,7 @@ class ControlServer:
             except StateError as exc:
                 self._links.put(removed)
                 raise StateError(f"{exc}; the link was not deleted") from exc
+            await self._on_change()
         provider = removed.provider_id if removed else ""
         self.emit("linkdef_deleted", events.linkdef_deleted(request, provider))
         return codec.ack()
