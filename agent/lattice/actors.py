@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.errors import ActorError, ActorRefError
 from agent.identity.wascap import ActorClaims
@@ -24,6 +25,9 @@ from agent.lattice.refs import FetchPolicy, ModuleCache, fetch_module, parse_ref
 from agent.runtime.admission import AdmittedModule, admit
 from agent.runtime.sandbox import InvocationResult, Sandbox
 from agent.state import DesiredActor
+
+if TYPE_CHECKING:
+    from agent.lattice.natsclient import NatsClient
 
 __all__ = ["ActorInstance", "ActorRegistry", "RunningActor", "actor_of"]
 
@@ -98,7 +102,7 @@ class ActorRegistry:
         trusted_issuers: Collection[str],
         allow_unsigned: bool,
         max_pages: int,
-        nats_client: object | None = None,
+        nats_client: NatsClient | None = None,
         policy: FetchPolicy | None = None,
     ) -> None:
         self.sandbox = sandbox

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
 from agent.errors import AgentStateError, LatticeEdgeError
@@ -23,6 +23,10 @@ from agent.lattice.invocation import (
     WasmCloudEntity,
     new_invocation,
 )
+
+if TYPE_CHECKING:
+
+    from agent.lattice.natsclient import NatsClient
 
 __all__ = ["CallReply", "LatticeClient", "connect", "connect_local"]
 
@@ -94,7 +98,7 @@ def connect_local(config: Config) -> contextlib.AbstractAsyncContextManager[Latt
 class LatticeClient:
     """Control requests, event waits and invocations over one NATS connection."""
 
-    def __init__(self, nats_client: Any, lattice: str = "default") -> None:
+    def __init__(self, nats_client: NatsClient, lattice: str = "default") -> None:
         self.nats = nats_client
         self.lattice = lattice
 

@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent import __version__
 from agent.background import Background
@@ -33,6 +33,12 @@ from agent.lattice.refs import parse_ref
 from agent.lattice.subjects import ControlKind
 from agent.logs import RateLimiter, escape
 from agent.state import StateKeeper
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from agent.lattice.natsclient import NatsClient
 
 __all__ = ["ControlServer", "HostFacts", "host_labels"]
 
@@ -89,7 +95,7 @@ class ControlServer:
 
     def __init__(
         self,
-        nats_client: Any,
+        nats_client: NatsClient,
         facts: HostFacts,
         registry: ActorRegistry,
         links: LinkTable,
@@ -111,7 +117,7 @@ class ControlServer:
         self._on_stop = on_stop
         self._resources = resources
         self._health = health  # the agent's own state for the heartbeat (state file, …)
-        self._subscriptions: list[Any] = []
+        self._subscriptions: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._limiter = RateLimiter()
 
@@ -210,7 +216,7 @@ class ControlServer:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def _on_msg(self, msg: Any) -> None:
+    async def _on_msg(self, msg: Msg) -> None:
         try:
             reply = await self.handle(msg.subject, bytes(msg.data))
         except Exception as exc:  # never let a request take the server down

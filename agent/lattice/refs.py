@@ -27,10 +27,13 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.errors import ActorRefError, StateError
 from agent.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from agent.lattice.natsclient import NatsClient
 
 __all__ = [
     "MODULE_BUCKET",
@@ -197,7 +200,7 @@ def _read_regular(path: Path, max_bytes: int, *, shown: str | None = None) -> by
 
 
 async def fetch_module(
-    ref: ActorRef, nats_client: Any, policy: FetchPolicy, *, timeout: float = 30.0
+    ref: ActorRef, nats_client: NatsClient | None, policy: FetchPolicy, *, timeout: float = 30.0
 ) -> bytes:
     """Read a module from where ``ref`` points (``sha256`` refs are the caller's cache)."""
     if ref.scheme == "file":
@@ -207,12 +210,15 @@ async def fetch_module(
     raise ActorRefError(f"{ref} is not in the local module cache")
 
 
-async def _fetch_object(ref: ActorRef, nats_client: Any, max_bytes: int, timeout: float) -> bytes:
+async def _fetch_object(
+    ref: ActorRef, nats_client: NatsClient | None, max_bytes: int, timeout: float
+) -> bytes:
     import nats.errors
     import nats.js.errors
 
     if nats_client is None:
         raise ActorRefError(f"cannot fetch {ref}: not connected to NATS")
+    assert ref.bucket is not None  # parse_ref gives every nats-os reference a bucket
     try:
         js = nats_client.jetstream(domain=ref.domain, timeout=timeout)
         store = await js.object_store(ref.bucket)

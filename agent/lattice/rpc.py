@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.background import Background
 from agent.errors import (
@@ -41,6 +41,12 @@ from agent.lattice.invocation import (
 from agent.lattice.replay import ReplayGuard
 from agent.logs import RateLimiter, escape
 
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from agent.lattice.natsclient import NatsClient
+
 __all__ = ["LatticeRpcClient", "RpcServer"]
 
 logger = logging.getLogger("lattice_edge.rpc")
@@ -54,7 +60,7 @@ class RpcServer:
 
     def __init__(
         self,
-        nats_client: Any,
+        nats_client: NatsClient,
         registry: ActorRegistry,
         *,
         lattice: str,
@@ -73,7 +79,7 @@ class RpcServer:
         self._emit = emit_rpc_event
         self._replay = replay or ReplayGuard()
         self._limiter = RateLimiter()
-        self._subscriptions: dict[str, Any] = {}
+        self._subscriptions: dict[str, Subscription] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def serving(self) -> list[str]:
@@ -86,7 +92,7 @@ class RpcServer:
         for actor_id in sorted(running - set(self._subscriptions)):
             subject = subjects.actor_rpc(self._lattice, actor_id)
 
-            async def handler(msg: Any, actor_id: str = actor_id) -> None:
+            async def handler(msg: Msg, actor_id: str = actor_id) -> None:
                 await self._slots.acquire()
                 self._background.spawn(self._serve(msg, actor_id), what="invocation")
 
@@ -108,7 +114,7 @@ class RpcServer:
         except Exception as exc:  # nats-py: the connection may already be closing
             logger.debug("unsubscribing %s: %s", actor_id, exc)
 
-    async def _serve(self, msg: Any, actor_id: str) -> None:
+    async def _serve(self, msg: Msg, actor_id: str) -> None:
         try:
             response = await self._answer(bytes(msg.data), actor_id)
             if msg.reply:
@@ -165,7 +171,7 @@ class LatticeRpcClient:
 
     def __init__(
         self,
-        nats_client: Any,
+        nats_client: NatsClient,
         *,
         lattice: str,
         host_id: str,
