@@ -278,7 +278,9 @@ class Supervision:
         if culprit.future is not None and not culprit.future.done():
             culprit.future.set_exception(error)
         guest_fault = cause is ExitCause.GUEST_FAULT and worker.guest_running == culprit.req_id
-        if timed_out or guest_fault:  # deaths the actor caused; nothing else is a strike
+        # An actor unloaded since (its caller saw the timeout first) is not struck: it is gone.
+        wanted = culprit.kind is RequestKind.LOAD or culprit.actor_id in self._actor_slot
+        if (timed_out or guest_fault) and wanted:  # only deaths the actor caused are strikes
             self._strike(culprit.actor_id, str(error))
 
     def _respawn(self, slot: Slot) -> None:
