@@ -331,7 +331,7 @@ def _check_mismatch(
         f"wascap_revision {revision} claims: either the module was changed after it was "
         "signed or an old signer (wascap before 0.10.1) hashed it differently, and the two "
         "cannot be told apart. Re-sign it (lattice-edge actor sign), pin its digest "
-        f"sha256:{digest} ([actors] pinned_digests), or run it unverified with "
+        f"sha256:{digest} ([actors] pinned_modules), or run it unverified with "
         "[actors] allow_legacy_claims = true"
     )
 

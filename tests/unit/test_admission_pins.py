@@ -17,8 +17,8 @@ from _wasmgen import DEMO_WASM, GUESTS
 
 from agent.errors import (
     HashMismatchError,
-    ModuleError,
     LegacyHashError,
+    ModuleError,
     SignatureError,
     UnsignedModuleError,
     UntrustedIssuerError,
@@ -27,7 +27,7 @@ from agent.identity import jwt
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.identity.wascap import WASCAP_HEADER, embed_token, extract_token, sign_module
 from agent.runtime.admission import AdmittedModule, admit, inspect_report, parse_digest
-from agent.runtime.demo import DEMO_ACTOR_SHA256, DEMO_ISSUER, demo_actor_bytes
+from agent.runtime.demo import DEMO_ISSUER, demo_actor_bytes
 from agent.runtime.module import iter_sections, module_hash, parse_module, strip_custom_sections
 
 ECHO_FILE = "echo_messaging_v0.9.0.wasm"
@@ -198,8 +198,15 @@ def test_malformed_digests_are_refused(text: str) -> None:
         parse_digest(text)
 
 
-def test_demo_actor_digest_pins_the_shipped_file() -> None:
-    assert hashlib.sha256(demo_actor_bytes()).hexdigest() == DEMO_ACTOR_SHA256
-    assert DEMO_WASM.read_bytes() == demo_actor_bytes()
-    admitted = admit_with(demo_actor_bytes(), set(), pinned_digests=[DEMO_ACTOR_SHA256])
-    assert admitted.pinned
+def test_the_demo_actor_runs_pinned_with_no_issuer_trusted() -> None:
+    data = demo_actor_bytes()
+    assert DEMO_WASM.read_bytes() == data
+    with pytest.raises(UntrustedIssuerError):
+        admit_with(data, set())
+    admitted = admit_with(data, set(), pinned_digests=pinned_modules_of(data))
+    assert admitted.pinned and admitted.claims is not None
+    assert admitted.claims.issuer == DEMO_ISSUER
+
+
+def pinned_modules_of(data: bytes) -> list[str]:
+    return [f"sha256:{hashlib.sha256(data).hexdigest()}"]

@@ -8,21 +8,15 @@ A hand-written waPC guest with the operations ``Echo``, ``Greet``, ``Health`` an
 (``tests/fixtures/build_guests.py``). Its signature therefore proves nothing about who
 built a module. Only the agent's embedded default configuration trusts it, so the demo
 runs out of the box; production configurations must list their own ``trusted_issuers``.
-
-:data:`DEMO_ACTOR_SHA256` is the digest of the shipped ``echo.wasm``, for a configuration to
-pin that one file (``agent.runtime.admission.admit(pinned_digests=...)``) instead of
-trusting an issuer anyone can sign with. It is a constant, not computed from the installed
-file, so that a replaced file is not pinned; a test fails when the two drift apart.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["DEMO_ACTOR_SHA256", "DEMO_ISSUER", "demo_actor_bytes"]
+__all__ = ["DEMO_ISSUER", "demo_actor_bytes"]
 
 DEMO_ISSUER = "AB2YB35FXYV3YF6DXP6H35NI4IZH4NMREFWJIEF4DQZIXF3X3MOUCPVJ"
-DEMO_ACTOR_SHA256 = "9382143dc52234ecba82e5be4077f98b2f90b83eb51a3d41c78d65461a401d77"
 
 
 def demo_actor_bytes() -> bytes:
