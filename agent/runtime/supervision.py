@@ -208,9 +208,10 @@ class Supervision:
         )
         if cause is ExitCause.EXTERNAL:
             self.stats.external += 1
-            log.warning("sandbox worker %s %s", worker.name, _describe_exit(worker, cause))
         planned = worker.kill_reason is None and not unanswered
         if planned or worker.kill_reason is KillReason.SANDBOX_CLOSED:
+            if cause is ExitCause.EXTERNAL:  # nothing in flight, but an operator wants to know
+                log.warning("sandbox worker %s %s", worker.name, _describe_exit(worker, cause))
             if slot is not None and self._state is SandboxState.RUNNING:
                 self._respawn(slot)
             self._fail(unanswered, ActorError("the sandbox closed before the request ran"))
@@ -221,7 +222,9 @@ class Supervision:
         started = [by_id[req_id] for req_id in worker.started if req_id in by_id]
         culprit = self._culprit(worker, started)
         if culprit is not None:
-            self._blame(worker, culprit, cause)
+            self._blame(worker, culprit, cause)  # which logs the death
+        elif cause is not ExitCause.KILLED:
+            log.warning("sandbox worker %s %s", worker.name, _describe_exit(worker, cause))
         for request in started:
             if request is not culprit:
                 self._fail([request], self._collateral(worker, request, culprit, cause))
@@ -383,6 +386,9 @@ class Supervision:
         except LatticeEdgeError as exc:
             error = str(exc)
             log.error("actor %s could not be loaded after its quarantine: %s", actor_id, exc)
+        except Exception as exc:  # a bug here must not take the sandbox's task group down
+            error = f"internal error: {type(exc).__name__}"
+            log.exception("loading actor %s after its quarantine failed", actor_id)
         finally:
             self._restoring.discard(actor_id)
         self._notify(self._on_quarantine_expired, actor_id, error)
