@@ -50,7 +50,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import monotonic
 from types import TracebackType
 from typing import NamedTuple
@@ -360,29 +360,6 @@ class Sandbox(Supervision):
     def actors(self) -> list[str]:
         """Ids of the loaded actors."""
         return sorted(self._actor_slot)
-
-    def quarantined(self) -> Mapping[str, QuarantineInfo]:
-        """The quarantined actors: why, since when and until when (a snapshot)."""
-        now = self._loop.time() if self._state is not SandboxState.NEW else 0.0
-        return {
-            actor_id: record.info
-            for actor_id, record in self._quarantined.items()
-            if now < record.expires_at
-        }
-
-    def release(self, actor_id: str) -> bool:
-        """End ``actor_id``'s quarantine now, so that it may be loaded again.
-
-        Returns False when it was not quarantined. The actor is not loaded here: the caller
-        loads the module it wants (the one it ran, or a new one), as scale and update do.
-        Its strikes are forgotten too.
-        """
-        self._strikes.pop(actor_id, None)
-        record = self._quarantined.pop(actor_id, None)
-        if record is None:
-            return False
-        log.warning("quarantine of actor %s released", actor_id)
-        return True
 
     def worker_pids(self) -> list[int]:
         """Pids of the workers currently taking requests, by slot (for monitoring)."""

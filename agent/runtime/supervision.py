@@ -11,7 +11,8 @@ stays readable. :class:`Supervision` is a mixin the sandbox inherits; it owns
   waiting for a host call), respawn with back-off, reload, and the resend of every request
   that never started;
 * **quarantine**: ``quarantine_after`` strikes within ``quarantine_window_s`` keep an actor
-  out for ``quarantine_expiry_s``, after which it is loaded again with the module it ran.
+  out for ``quarantine_expiry_s``, after which it is loaded again with the module it ran;
+  :meth:`Supervision.quarantined` reports it and :meth:`Supervision.release` ends it.
 
 Only deaths the actor caused are strikes (:func:`classify_exit`): a deadline kill of its
 request, or a fault signal (SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE) or error exit while
@@ -30,7 +31,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agent.errors import (
@@ -333,6 +334,29 @@ class Supervision:
                 request.future.set_exception(error)
 
     # --- quarantine -------------------------------------------------------------------
+
+    def quarantined(self) -> Mapping[str, QuarantineInfo]:
+        """The quarantined actors: why, since when and until when (a snapshot)."""
+        now = self._loop.time() if self._state is not SandboxState.NEW else 0.0
+        return {
+            actor_id: record.info
+            for actor_id, record in self._quarantined.items()
+            if now < record.expires_at
+        }
+
+    def release(self, actor_id: str) -> bool:
+        """End ``actor_id``'s quarantine now, so that it may be loaded again.
+
+        Returns False when it was not quarantined. The actor is not loaded here: the caller
+        loads the module it wants (the one it ran, or a new one), as scale and update do.
+        Its strikes are forgotten too.
+        """
+        self._strikes.pop(actor_id, None)
+        record = self._quarantined.pop(actor_id, None)
+        if record is None:
+            return False
+        log.warning("quarantine of actor %s released", actor_id)
+        return True
 
     def _strike(self, actor_id: str, reason: str) -> None:
         now = self._loop.time()
