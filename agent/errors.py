@@ -31,6 +31,7 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │       ├── UntrustedIssuerError
     │       ├── ClaimsExpiredError  (also: not yet valid)
     │       └── HashMismatchError
+    │           └── LegacyHashError  a pre-revision-3 hash that does not match (unverifiable)
     ├── ActorError                  an actor failed while loaded or invoked
     │   ├── GuestError              the guest returned an error (``__guest_error``)
     │   ├── TrapError               the guest trapped (unreachable, OOB, stack overflow)
@@ -196,6 +197,15 @@ class ClaimsExpiredError(ClaimsError):
 
 class HashMismatchError(ClaimsError):
     """The module hash in the claims does not match the module's code."""
+
+
+class LegacyHashError(HashMismatchError):
+    """A ``wascap_revision`` < 3 token's hash does not match the module's code.
+
+    Tampering and an old signer that hashed differently (wascap 0.9 hashed only parts of the
+    module) cannot be told apart, so the code is unverified: it runs only when its SHA-256
+    digest is pinned or legacy claims are allowed explicitly.
+    """
 
 
 # --- actors ------------------------------------------------------------------------

@@ -5,17 +5,22 @@ Compatible with wasmCloud's wascap 0.11 and ``wash claims``: the JWT (header
 name ``jwt``) at the end of the module; its claims are ``jti``, ``iat``, ``iss`` (an account
 key ``A…``), ``sub`` (the actor's module key ``M…``), optional ``exp``/``nbf``,
 ``wascap_revision`` and ``wascap = {name, hash, tags, caps, rev, ver, call_alias, prov}``.
-``hash`` is the module hash of :func:`agent.runtime.module.module_hash`; wascap enforces it
-only from revision 3 on, and so do we (older signers hashed differently).
+``hash`` is the module hash of :func:`agent.runtime.module.module_hash`. wascap enforces it
+only from revision 3 on, because wascap 0.9 hashed only parts of the module; we check it for
+every revision. The standard computation matches the hash of every older module we know of
+(wascap's echo_messaging at revision 2, logger without a revision), and a mismatch at an old
+revision cannot be told apart from tampering, so it is refused (LegacyHashError) unless the
+caller allows legacy claims or has pinned the module's exact bytes.
 
 :func:`verify_claims` checks, in this order, each failure with its own error class: the
 signature (SignatureError), the subject's key kind (ClaimsError), the issuer's key kind and
 trust (UntrustedIssuerError), the time window (ClaimsExpiredError), the hash
-(HashMismatchError).
+(HashMismatchError; LegacyHashError below revision 3).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Collection, Sequence
@@ -29,6 +34,7 @@ from agent.errors import (
     HashMismatchError,
     IdentityError,
     JWTError,
+    LegacyHashError,
     SignatureError,
     UnsignedModuleError,
     UntrustedIssuerError,
@@ -61,7 +67,7 @@ __all__ = [
 SECTION_NAME = "wasmcloud_jwt"
 WASCAP_HEADER = {"typ": "jwt", "alg": "Ed25519"}
 WASCAP_REVISION = 3  # what we write (wascap >= 0.10.1)
-HASH_ENFORCED_REVISION = 3  # wascap's MIN_WASCAP_INTERNAL_REVISION
+HASH_ENFORCED_REVISION = 3  # wascap's MIN_WASCAP_INTERNAL_REVISION: below it, hashes may differ
 _ACCEPTED_ALGS = {"ed25519", "ed25519-nkey"}
 _DAY = 86_400
 
@@ -218,16 +224,26 @@ def verify_claims(
     *,
     trusted_issuers: Collection[str],
     allow_unsigned: bool = False,
+    allow_legacy_claims: bool = False,
+    pinned: bool = False,
     now: float | None = None,
 ) -> VerifiedClaims | None:
-    """Check a module's wascap claims; None for an unsigned module when ``allow_unsigned``.
+    """Check a module's wascap claims; None for an unsigned module that may run unsigned.
 
-    An empty ``trusted_issuers`` trusts nobody. A hash mismatch in a token older than
-    revision 3 is reported in ``warnings``, not raised, as wascap does.
+    An empty ``trusted_issuers`` trusts nobody. The module hash must match the claims at
+    every revision; below revision 3 a mismatch raises LegacyHashError unless
+    ``allow_legacy_claims`` (admitted with a warning saying what is not checked).
+
+    ``pinned`` says the caller trusts these exact bytes (their SHA-256 is pinned, see
+    :func:`agent.runtime.admission.admit`): the module may then be unsigned, its issuer
+    need not be trusted, and a legacy hash mismatch is admitted with a warning. The
+    signature, the key kinds, the time window and a revision >= 3 hash are still checked:
+    the claims still decide the actor's identity and capabilities, and claims that do not
+    verify, contradict the code they came with or have run out are not ones to grant.
     """
     claims = extract_claims(module_bytes)
     if claims is None:
-        if allow_unsigned:
+        if allow_unsigned or pinned:
             return None
         raise UnsignedModuleError(
             "the module is not signed (no wasmcloud_jwt or jwt section) and unsigned actors "
@@ -257,8 +273,13 @@ def verify_claims(
             f"issuer {claims.issuer} is a {kind.name.lower()} key; actors must be signed by "
             "an account (A…) key"
         )
+    warnings: list[str] = []
     if claims.issuer not in trusted_issuers:
-        raise UntrustedIssuerError(f"issuer {claims.issuer} is not in trusted_issuers")
+        if not pinned:
+            raise UntrustedIssuerError(f"issuer {claims.issuer} is not in trusted_issuers")
+        warnings.append(
+            f"issuer {claims.issuer} is not trusted; admitted because the module's digest is pinned"
+        )
     moment = time.time() if now is None else now
     if claims.expires and moment > claims.expires:
         raise ClaimsExpiredError(f"the actor's claims expired at {iso_time(claims.expires)}")
@@ -268,18 +289,51 @@ def verify_claims(
         )
     actual = module_hash(module_bytes)
     matches = actual == claims.hash.upper()
-    warnings: list[str] = []
     if not matches:
-        if claims.wascap_revision >= HASH_ENFORCED_REVISION:
-            raise HashMismatchError(
-                f"the module hash {actual} does not match the hash {claims.hash} in its "
-                "claims: the module was changed after it was signed"
-            )
-        warnings.append(
-            f"module hash {actual} differs from the claimed {claims.hash}; not enforced for "
-            f"wascap_revision {claims.wascap_revision} (< {HASH_ENFORCED_REVISION})"
-        )
+        warnings.append(_check_mismatch(module_bytes, claims, actual, allow_legacy_claims, pinned))
     return VerifiedClaims(claims, actual, matches, tuple(warnings))
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` from a module, safe to put in a message: control characters escaped, capped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("…" if len(text) > limit else "")
+
+
+def _check_mismatch(
+    module_bytes: bytes, claims: ActorClaims, actual: str, allow_legacy: bool, pinned: bool
+) -> str:
+    """The warning for a hash mismatch that may be admitted; raises when it may not."""
+    revision = claims.wascap_revision
+    claimed = _shown(claims.hash)
+    if revision >= HASH_ENFORCED_REVISION:
+        raise HashMismatchError(
+            f"the module hash {actual} does not match the hash {claimed} in its "
+            "claims: the module was changed after it was signed"
+        )
+    if pinned:
+        return (
+            f"module hash {actual} differs from {claimed} in its wascap_revision "
+            f"{revision} claims; admitted because the module's digest is pinned"
+        )
+    if allow_legacy:
+        return (
+            f"UNVERIFIED CODE: module hash {actual} differs from {claimed} in its "
+            f"wascap_revision {revision} claims, and the module runs only because legacy "
+            f"claims are allowed: nothing ties this code to issuer {claims.issuer}, whose "
+            f"signature still grants it the identity {claims.subject} and the capabilities "
+            f"[{', '.join(_shown(c) for c in claims.caps)}]; anyone able to change the file "
+            "can change what runs with them. Pin its digest or re-sign it at revision 3 instead"
+        )
+    digest = hashlib.sha256(module_bytes).hexdigest()
+    raise LegacyHashError(
+        f"the module hash {actual} does not match the hash {claimed} in its "
+        f"wascap_revision {revision} claims: either the module was changed after it was "
+        "signed or an old signer (wascap before 0.10.1) hashed it differently, and the two "
+        "cannot be told apart. Re-sign it (lattice-edge actor sign), pin its digest "
+        f"sha256:{digest} ([actors] pinned_modules), or run it unverified with "
+        "[actors] allow_legacy_claims = true"
+    )
 
 
 # --- signing -----------------------------------------------------------------------

@@ -34,17 +34,22 @@ async def call_module(
     allow_unsigned: bool,
     budgets: Budgets,
     timeout: float | None = None,
+    allow_legacy_claims: bool = False,
+    pinned_digests: Collection[str] = (),
 ) -> CallOutcome:
     """Admit ``wasm``, load it in a one-worker sandbox and invoke ``operation`` once.
 
     Raises ModuleError subclasses when admission rejects the module, and ActorError
-    subclasses (GuestError, TrapError, InvocationTimeout, ...) when the call fails.
+    subclasses (GuestError, TrapError, InvocationTimeout, ...) when the call fails. The
+    trust arguments are :func:`~agent.runtime.admission.admit`'s.
     """
     module = admit(
         wasm,
         trusted_issuers=trusted_issuers,
         allow_unsigned=allow_unsigned,
         max_pages=budgets.actor_memory_pages,
+        allow_legacy_claims=allow_legacy_claims,
+        pinned_digests=pinned_digests,
     )
     single = dataclasses.replace(budgets, sandbox_workers=1)
     async with Sandbox(single, deadline_s=timeout) as sandbox:

@@ -30,7 +30,11 @@ Failure handling, in one place:
   and the requests that never started are sent again: nothing is lost and nothing runs
   twice. The worker's status page (:mod:`agent.runtime.statuspage`) makes this exact.
 * **Quarantine.** An actor whose requests kill its worker ``quarantine_after`` times within
-  ``quarantine_window_s`` is dropped; further calls raise :class:`ActorQuarantined`.
+  ``quarantine_window_s`` is dropped for ``quarantine_expiry_s``; calls meanwhile raise
+  :class:`ActorQuarantined`. Only deaths the actor caused count (a deadline kill, a fault or
+  error exit while its guest ran); a SIGKILL from the OOM killer or an operator blames
+  nobody. At expiry the actor is loaded again with the module it ran; :meth:`Sandbox.release`
+  ends a quarantine early, :meth:`Sandbox.unload` forgets it.
 * **Recycling.** After ``worker_recycle_calls`` invocations a worker is drained: new requests
   go to a fresh worker that reloads the slot's actors, the old one finishes what it has and
   exits. This bounds pywasm3's per-call leaks. The fresh worker is started at 3/4 of the
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -66,6 +71,7 @@ from agent.runtime.protocol import (
     error_from_wire,
 )
 from agent.runtime.supervision import (
+    QuarantineInfo,
     SandboxState,
     SandboxStats,
     Slot,
@@ -74,6 +80,7 @@ from agent.runtime.supervision import (
 from agent.runtime.workerproc import (
     CALL_CHAIN,
     HostCallRecord,
+    KillReason,
     Request,
     RequestKind,
     WorkerProcess,
@@ -85,6 +92,8 @@ __all__ = [
     "HostCallHandler",
     "HostCallRecord",
     "InvocationResult",
+    "KillReason",
+    "QuarantineInfo",
     "Sandbox",
     "SandboxState",
     "SandboxStats",
@@ -110,7 +119,11 @@ class Sandbox(Supervision):
     """Actors in worker processes, behind an asyncio API. Use as an async context manager.
 
     ``host_call_handler`` serves guests' host calls (default: :class:`BuiltinHostCalls`);
-    ``on_quarantine(actor_id, reason)`` is called when an actor is quarantined.
+    ``on_quarantine(actor_id, reason)`` is called when an actor is quarantined, and
+    ``on_quarantine_expired(actor_id, error)`` when its quarantine expired and it was loaded
+    again (``error`` None) or could not be (the error's message). An actor is quarantined
+    after ``quarantine_after`` deaths it caused within ``quarantine_window_s``, for
+    ``quarantine_expiry_s``.
     ``deadline_s``/``load_deadline_s`` default to the budget's invocation deadline (loads
     get 5x: instantiating a large module on a Pi is slow). ``pack`` (actors per worker)
     starts one worker and spawns the next only when every worker holds that many actors,
@@ -127,8 +140,14 @@ class Sandbox(Supervision):
         load_deadline_s: float | None = None,
         quarantine_after: int = 3,
         quarantine_window_s: float = 60.0,
+        quarantine_expiry_s: float = 600.0,
+        on_quarantine_expired: Callable[[str, str | None], None] | None = None,
         pack: int | None = None,
     ) -> None:
+        if quarantine_after < 1:
+            raise ValueError(f"quarantine_after must be at least 1, not {quarantine_after}")
+        if not quarantine_window_s > 0 or not quarantine_expiry_s > 0:
+            raise ValueError("quarantine_window_s and quarantine_expiry_s must be positive")
         self._budgets = budgets
         self._pack = pack
         self._handler: HostCallHandler = host_call_handler or BuiltinHostCalls()
@@ -137,12 +156,15 @@ class Sandbox(Supervision):
         self._load_deadline = load_deadline_s if load_deadline_s is not None else 5 * self._deadline
         self._quarantine_after = quarantine_after
         self._quarantine_window = quarantine_window_s
+        self._quarantine_expiry = quarantine_expiry_s
+        self._on_quarantine_expired = on_quarantine_expired
         self._state = SandboxState.NEW
         self._slots: list[Slot] = []
         self._actor_slot: dict[str, Slot] = {}
         self._live: set[WorkerProcess] = set()
         self._strikes: dict[str, deque[float]] = {}
-        self._quarantined: dict[str, str] = {}
+        self._quarantined = {}
+        self._restoring: set[str] = set()
         self._next_id = 0
         self._generation = 0
         self._tg = asyncio.TaskGroup()
@@ -196,13 +218,13 @@ class Sandbox(Supervision):
             if graceful:
                 worker.drain_and_exit()
             else:
-                worker.kill("sandbox closed")
+                worker.kill(KillReason.SANDBOX_CLOSED)
         for _ in range(100):
             if not self._live:
                 break
             await asyncio.sleep(0.02)
         for worker in list(self._live):
-            worker.kill("sandbox closed")
+            worker.kill(KillReason.SANDBOX_CLOSED)
         self._stop.set()
         self._state = SandboxState.CLOSED
 
@@ -229,13 +251,12 @@ class Sandbox(Supervision):
         (:mod:`agent.runtime.module`) does that first. Raises ModuleError subclasses for
         modules wasm3 rejects, TrapError when a start function traps, InvocationTimeout or
         WorkerCrashed when loading hung or killed the worker, ActorQuarantined for a
-        quarantined id (unload it first to allow a reload).
+        quarantined id (:meth:`release` or :meth:`unload` it first to allow a reload).
         """
         self._check_running()
-        if actor_id in self._quarantined:
-            raise ActorQuarantined(
-                f"actor {actor_id} is quarantined: {self._quarantined[actor_id]}"
-            )
+        if self._quarantine_of(actor_id) is not None:
+            raise self._unavailable(actor_id)
+        self._quarantined.pop(actor_id, None)  # expired: this load is its return
         slot = self._actor_slot.get(actor_id)
         if slot is None:
             if len(self._actor_slot) + sum(s.loading for s in self._slots) >= (
@@ -316,6 +337,7 @@ class Sandbox(Supervision):
     async def unload(self, actor_id: str) -> None:
         """Drop an actor (and forget its quarantine, so it may be loaded again)."""
         self._quarantined.pop(actor_id, None)
+        self._restoring.discard(actor_id)
         self._strikes.pop(actor_id, None)
         slot = self._actor_slot.pop(actor_id, None)
         if slot is None:
@@ -338,10 +360,6 @@ class Sandbox(Supervision):
     def actors(self) -> list[str]:
         """Ids of the loaded actors."""
         return sorted(self._actor_slot)
-
-    def quarantined(self) -> dict[str, str]:
-        """Quarantined actor ids and why."""
-        return dict(self._quarantined)
 
     def worker_pids(self) -> list[int]:
         """Pids of the workers currently taking requests, by slot (for monitoring)."""
@@ -373,10 +391,14 @@ class Sandbox(Supervision):
     def _unavailable(self, actor_id: str) -> ActorError:
         if self._state is not SandboxState.RUNNING:
             return ActorError(f"the sandbox is {self._state.value}")
-        if actor_id in self._quarantined:
+        record = self._quarantined.get(actor_id)
+        if record is not None:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.info.until))
             return ActorQuarantined(
-                f"actor {actor_id} is quarantined: {self._quarantined[actor_id]}"
+                f"actor {actor_id} is quarantined until {until}: {record.info.reason}"
             )
+        if actor_id in self._restoring:
+            return ActorError(f"actor {actor_id} is being loaded again after its quarantine")
         return ActorError(f"actor {actor_id} is not loaded")
 
     def _new_id(self) -> int:

@@ -49,12 +49,13 @@ from agent.runtime.protocol import (
     encode_invoke_batch,
     encode_message,
 )
-from agent.runtime.statuspage import StackTop, StatusPage
+from agent.runtime.statuspage import RUNNING, StackTop, StatusPage
 from agent.runtime.workerlog import StderrLog
 
 __all__ = [
     "CALL_CHAIN",
     "HostCallRecord",
+    "KillReason",
     "Request",
     "RequestKind",
     "WorkerProcess",
@@ -74,6 +75,22 @@ CALL_CHAIN: contextvars.ContextVar[tuple[tuple[int, str], ...]] = contextvars.Co
 )
 """``(sandbox id, actor id)`` of every invocation whose host call the current task serves,
 outermost first; empty outside host-call handlers."""
+
+
+class KillReason(enum.Enum):
+    """Why the sandbox ended a worker itself (:attr:`WorkerProcess.kill_reason`).
+
+    A worker whose ``kill_reason`` is None died of something the sandbox did not do: it
+    exited, crashed, or got a signal from elsewhere (the kernel's OOM killer, an operator).
+    A worker retired by a recycle is not killed: it drains and exits (Bye).
+    """
+
+    DEADLINE = "deadline"  # the request in kill_target ran past its deadline
+    STARTUP_TIMEOUT = "startup timeout"  # it never said Ready
+    PROTOCOL_ERROR = "protocol error"  # it sent a frame that does not decode
+    SANDBOX_CLOSED = "sandbox closed"
+    SPAWN_FAILED = "spawn failed"  # it could not be started (the OSError is in kill_detail)
+    CANCELLED = "cancelled"  # the task that served it was cancelled
 
 
 class WorkerState(enum.Enum):
@@ -153,8 +170,10 @@ class WorkerProcess:
         self.calls_sent = 0
         self.pid: int | None = None
         self.returncode: int | None = None
-        self.kill_reason: str | None = None
+        self.kill_reason: KillReason | None = None
+        self.kill_detail = ""  # what the reason alone does not say (the protocol error...)
         self.kill_target: int | None = None  # req_id running when we killed it
+        self.guest_running: int | None = None  # set at exit: the request whose guest ran
         self.last_seen: StackTop | None = None  # the watchdog's previous reading
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -261,11 +280,13 @@ class WorkerProcess:
             self._closing_input = True
             self._queue(encode_message(Bye()))
 
-    def kill(self, reason: str, target: int | None = None) -> None:
-        """SIGKILL the worker (idempotent); ``target`` is the request held responsible."""
+    def kill(self, reason: KillReason, target: int | None = None, detail: str = "") -> None:
+        """SIGKILL the worker (idempotent: the first reason stays); ``target`` is the request
+        held responsible."""
         if self.kill_reason is None:
             self.kill_reason = reason
             self.kill_target = target
+            self.kill_detail = detail
         if self._transport is not None and self._transport.get_returncode() is None:
             # It may have exited on its own a moment ago; we then see EOF as usual.
             with contextlib.suppress(ProcessLookupError):
@@ -288,12 +309,13 @@ class WorkerProcess:
         except OSError as exc:
             log.error("worker %s: cannot start: %s", self.name, exc)
             if self.kill_reason is None:
-                self.kill_reason = f"spawn failed: {exc}"
+                self.kill_reason = KillReason.SPAWN_FAILED
+                self.kill_detail = str(exc)
         finally:
             transport = self._transport
             if transport is not None:
                 if not self._done.done():
-                    self.kill(self.kill_reason or "cancelled")  # never leave a worker behind
+                    self.kill(self.kill_reason or KillReason.CANCELLED)  # never leave one behind
                     await asyncio.shield(self._done)
                 self.returncode = transport.get_returncode()
                 transport.close()
@@ -361,6 +383,9 @@ class WorkerProcess:
                 self._salvage(spilled)
             inflight = self.inflight
             self.started = [req_id for req_id in page.stack() if req_id in inflight]
+            top = page.top()
+            if top is not None and top.state == RUNNING and top.req_id in inflight:
+                self.guest_running = top.req_id
         finally:
             page.close()
 
@@ -385,7 +410,7 @@ class WorkerProcess:
         except WorkerProtocolError as exc:
             log.error("worker %s sent garbage, killing it: %s", self.name, exc)
             self._decoder = None
-            self.kill(f"protocol error: {exc}")
+            self.kill(KillReason.PROTOCOL_ERROR, detail=str(exc))
             return
         inflight = self.inflight
         for message in messages:
@@ -414,7 +439,7 @@ class WorkerProcess:
             elif isinstance(message, Log):
                 log.log(message.level, "worker %s: %s", self.name, message.text)
             else:
-                self.kill(f"protocol error: unexpected {type(message).__name__}")
+                self.kill(KillReason.PROTOCOL_ERROR, detail=f"unexpected {type(message).__name__}")
         self._maybe_close_input()
 
     def _answer(self, message: Result | Failure) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from agent.errors import (
     ClaimsExpiredError,
     HashMismatchError,
     IdentityError,
+    LegacyHashError,
     SignatureError,
     UnsignedModuleError,
     UntrustedIssuerError,
 )
 from agent.identity import jwt
-from agent.identity.keys import KeyKind, generate, load_seed_file
+from agent.identity.keys import KeyKind, KeyPair, generate, load_seed_file
 from agent.identity.wascap import (
     WASCAP_HEADER,
     embed_token,
@@ -90,13 +92,103 @@ def test_untrusted_issuer_is_named(third_party_dir: Path) -> None:
         verify_claims(data, trusted_issuers=(), now=NOW)  # an empty list trusts nobody
 
 
-def test_old_revision_hash_mismatch_is_a_warning(third_party_dir: Path) -> None:
-    data = bytearray(fixture(third_party_dir, ECHO))
+def _patched_echo(folder: Path) -> bytes:
+    data = bytearray(fixture(folder, ECHO))
     code = next(s for s in iter_sections(bytes(data)) if s.id == 10)
     data[code.payload + 100] ^= 0xFF
-    result = verify_claims(bytes(data), trusted_issuers={ECHO["iss"]}, now=NOW)
+    return bytes(data)
+
+
+def test_old_revision_hash_mismatch_is_refused(third_party_dir: Path) -> None:
+    data = _patched_echo(third_party_dir)
+    with pytest.raises(LegacyHashError) as raised:
+        verify_claims(data, trusted_issuers={ECHO["iss"]}, now=NOW)
+    assert isinstance(raised.value, HashMismatchError)
+    message = str(raised.value)
+    assert "wascap_revision 2" in message and ECHO["hash"] in message
+    assert f"sha256:{hashlib.sha256(data).hexdigest()}" in message  # what to pin
+    assert "allow_legacy_claims" in message
+
+
+def test_old_revision_hash_mismatch_with_legacy_claims_allowed(third_party_dir: Path) -> None:
+    data = _patched_echo(third_party_dir)
+    result = verify_claims(data, trusted_issuers={ECHO["iss"]}, allow_legacy_claims=True, now=NOW)
     assert result is not None and not result.hash_matches
-    assert "not enforced for wascap_revision 2" in result.warnings[0]
+    (warning,) = result.warnings
+    assert warning.startswith("UNVERIFIED CODE") and "wascap_revision 2" in warning
+    assert ECHO["iss"] in warning and "wasmcloud:messaging" in warning
+    # allowing legacy claims does not stretch to trust or to revision 3
+    with pytest.raises(UntrustedIssuerError):
+        verify_claims(data, trusted_issuers=(), allow_legacy_claims=True, now=NOW)
+
+
+def test_pinned_module_skips_trust_and_the_legacy_hash(third_party_dir: Path) -> None:
+    data = _patched_echo(third_party_dir)
+    result = verify_claims(data, trusted_issuers=(), pinned=True, now=NOW)
+    assert result is not None and result.claims.subject == ECHO["sub"]
+    assert [w.split(";")[0] for w in result.warnings] == [
+        f"issuer {ECHO['iss']} is not trusted",
+        f"module hash {module_hash(data)} differs from {ECHO['hash']} in its wascap_revision 2 "
+        "claims",
+    ]
+    assert verify_claims(plain_guest(), trusted_issuers=(), pinned=True) is None  # unsigned
+
+
+def test_pinned_module_still_needs_claims_that_hold() -> None:
+    issuer = generate(KeyKind.ACCOUNT)
+    signed, _ = sign_module(plain_guest(), issuer, "pinned", expires_in_days=1, now=NOW)
+    with pytest.raises(ClaimsExpiredError):
+        verify_claims(signed, trusted_issuers=(), pinned=True, now=NOW + 2 * 86_400)
+    token = extract_token(signed) or ""
+    head, body, sig = token.split(".")
+    forged = embed_token(
+        signed, f"{head}.{body}.{sig[:10]}{'A' if sig[10] != 'A' else 'B'}{sig[11:]}"
+    )
+    with pytest.raises(SignatureError):
+        verify_claims(forged, trusted_issuers=(), pinned=True, now=NOW)
+    patched = bytearray(signed)
+    code = next(s for s in iter_sections(signed) if s.id == 10)
+    patched[code.end - 2] ^= 0x01
+    with pytest.raises(HashMismatchError):  # revision 3: the claims contradict the code
+        verify_claims(bytes(patched), trusted_issuers=(), pinned=True, now=NOW)
+
+
+def legacy_signed(code: bytes, issuer: KeyPair, revision: int) -> bytes:
+    """``code`` signed as a pre-revision-3 signer would (our signer writes revision 3)."""
+    body = {
+        "iat": NOW, "iss": issuer.public_key, "sub": generate(KeyKind.MODULE).public_key,
+        "wascap_revision": revision,
+        "wascap": {"name": "legacy", "hash": module_hash(code), "caps": [], "prov": False},
+    }  # fmt: skip
+    if revision == 0:
+        del body["wascap_revision"]
+    return embed_token(code, jwt.encode(body, issuer, header=WASCAP_HEADER))
+
+
+@pytest.mark.parametrize("revision", [0, 1, 2])
+def test_patched_legacy_module_from_a_trusted_issuer_is_refused(revision: int) -> None:
+    issuer = generate(KeyKind.ACCOUNT)
+    signed = legacy_signed(plain_guest(), issuer, revision)
+    result = verify_claims(signed, trusted_issuers={issuer.public_key}, now=NOW)
+    assert result is not None and result.hash_matches and result.warnings == ()
+    patched = bytearray(signed)
+    code = next(s for s in iter_sections(signed) if s.id == 10)
+    patched[code.end - 2] ^= 0x01
+    with pytest.raises(LegacyHashError, match=f"wascap_revision {revision} claims"):
+        verify_claims(bytes(patched), trusted_issuers={issuer.public_key}, now=NOW)
+
+
+def test_hostile_claimed_hash_is_escaped_in_the_error() -> None:
+    issuer = generate(KeyKind.ACCOUNT)
+    body = {
+        "iat": NOW, "iss": issuer.public_key, "sub": generate(KeyKind.MODULE).public_key,
+        "wascap_revision": 2, "wascap": {"hash": "AB\nCRITICAL forged\x1b[31m" + "X" * 500},
+    }  # fmt: skip
+    data = embed_token(plain_guest(), jwt.encode(body, issuer, header=WASCAP_HEADER))
+    with pytest.raises(LegacyHashError) as raised:
+        verify_claims(data, trusted_issuers={issuer.public_key}, now=NOW)
+    message = str(raised.value)
+    assert "\n" not in message and "\x1b" not in message and "XXXXX…" in message
 
 
 def test_bad_signature(third_party_dir: Path) -> None:
