@@ -385,7 +385,11 @@ class Host:
         # boards lack, and a worker is ~10 MB whether it holds one actor or thirty.
         per_worker = -(-budgets.max_actors // budgets.sandbox_workers)
         async with Sandbox(
-            budgets, host_call_handler=router, on_quarantine=_quarantined, pack=per_worker
+            budgets,
+            host_call_handler=router,
+            on_quarantine=self._on_quarantine,
+            on_quarantine_expired=self._on_quarantine_expired,
+            pack=per_worker,
         ) as box:
             max_bytes = budgets.max_module_mb * 2**20
             self.registry = ActorRegistry(
@@ -396,12 +400,31 @@ class Host:
                 max_pages=budgets.actor_memory_pages,
                 nats_client=self.nats,
                 policy=FetchPolicy(self.config.actors.file_roots, max_bytes),
+                allow_legacy_claims=self.config.actors.allow_legacy_claims,
+                pinned_digests=self.config.actors.pinned_modules,
             )
             try:
                 yield self.registry
             finally:
                 await self.registry.stop_all()
                 self.registry = None
+
+    def _on_quarantine(self, sandbox_key: str, reason: str) -> None:
+        actor_id, _, instance_id = sandbox_key.partition("/")
+        logger.error("actor %s (instance %s) quarantined: %s", actor_id, instance_id, reason)
+        if self.control is not None:
+            data = {"public_key": actor_id, "instance_id": instance_id, "reason": reason}
+            self.control.emit("actor_quarantined", data)
+
+    def _on_quarantine_expired(self, sandbox_key: str, error: str | None) -> None:
+        actor_id, _, instance_id = sandbox_key.partition("/")
+        if error is None:
+            logger.info("actor %s (instance %s) is out of quarantine", actor_id, instance_id)
+        else:
+            logger.error("actor %s (instance %s) did not reload: %s", actor_id, instance_id, error)
+        if self.control is not None:
+            data = {"public_key": actor_id, "instance_id": instance_id, "error": error or ""}
+            self.control.emit("actor_quarantine_ended", data)
 
     @property
     def cluster_issuers(self) -> tuple[str, ...]:
@@ -583,10 +606,6 @@ class Host:
             (self.config.run_dir / STATE_FILE).unlink()
         self.state = HostState.STOPPED
         logger.info("stopped")
-
-
-def _quarantined(actor_id: str, reason: str) -> None:
-    logger.error("actor %s quarantined: %s", actor_id, reason)
 
 
 def _log_group(group: BaseExceptionGroup[Any]) -> None:

@@ -38,14 +38,18 @@ def _read_module(path: Path) -> bytes:
 
 def _trust(
     config_path: Path | None, extra: Sequence[str], allow_unsigned: bool
-) -> tuple[tuple[str, ...], bool, int]:
-    """Trusted issuers, the unsigned policy and the page budget: config plus flags."""
+) -> tuple[dict[str, Any], int]:
+    """Admission's trust keywords (config plus flags) and the page budget."""
     from agent.boards import resolve_board
 
     config = load_or_none(config_path) or embedded_default()
-    issuers = tuple(dict.fromkeys([*config.trust.trusted_issuers, *extra]))
-    pages = resolve_board(config).budgets.actor_memory_pages
-    return issuers, allow_unsigned or config.trust.allow_unsigned, pages
+    trust = {
+        "trusted_issuers": tuple(dict.fromkeys([*config.trust.trusted_issuers, *extra])),
+        "allow_unsigned": allow_unsigned or config.trust.allow_unsigned,
+        "allow_legacy_claims": config.actors.allow_legacy_claims,
+        "pinned_digests": config.actors.pinned_modules,
+    }
+    return trust, resolve_board(config).budgets.actor_memory_pages
 
 
 trust_options = [
@@ -79,10 +83,8 @@ def actor_inspect(
     from agent.report import format_inspect
     from agent.runtime.admission import inspect_report
 
-    issuers, unsigned_ok, pages = _trust(config_path, trust_issuers, allow_unsigned)
-    report = inspect_report(
-        _read_module(file), trusted_issuers=issuers, allow_unsigned=unsigned_ok, max_pages=pages
-    )
+    trust, pages = _trust(config_path, trust_issuers, allow_unsigned)
+    report = inspect_report(_read_module(file), max_pages=pages, **trust)
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
     verdict = report["verdict"]
     if not verdict["accepted"]:
@@ -185,12 +187,12 @@ def actor_call(
     from agent.runtime.oneshot import call_module
 
     config = load_or_none(config_path) or embedded_default()
-    issuers, unsigned_ok, _ = _trust(config_path, trust_issuers, allow_unsigned)
+    trust, _ = _trust(config_path, trust_issuers, allow_unsigned)
     body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
     outcome = asyncio.run(
         call_module(
-            _read_module(file), operation, body, trusted_issuers=issuers,
-            allow_unsigned=unsigned_ok, budgets=resolve_board(config).budgets, timeout=timeout,
+            _read_module(file), operation, body, budgets=resolve_board(config).budgets,
+            timeout=timeout, **trust,
         )
     )  # fmt: skip
     result = outcome.result

@@ -24,6 +24,7 @@ from agent.identity.wascap import ActorClaims
 from agent.lattice.refs import FetchPolicy, ModuleCache, fetch_module, parse_ref
 from agent.runtime.admission import AdmittedModule, admit
 from agent.runtime.sandbox import InvocationResult, Sandbox
+from agent.runtime.supervision import QuarantineInfo
 from agent.state import DesiredActor
 
 if TYPE_CHECKING:
@@ -104,10 +105,14 @@ class ActorRegistry:
         max_pages: int,
         nats_client: NatsClient | None = None,
         policy: FetchPolicy | None = None,
+        allow_legacy_claims: bool = False,
+        pinned_digests: Collection[str] = (),
     ) -> None:
         self.sandbox = sandbox
         self.cache = cache
         self.policy = policy or FetchPolicy(max_bytes=cache.max_bytes)
+        self.allow_legacy_claims = allow_legacy_claims
+        self.pinned_digests = tuple(pinned_digests)
         self.trusted_issuers = tuple(trusted_issuers)
         self.allow_unsigned = allow_unsigned
         self.max_pages = max_pages
@@ -124,6 +129,22 @@ class ActorRegistry:
     def running(self) -> list[RunningActor]:
         """Every running actor, by id."""
         return [self._actors[key] for key in sorted(self._actors)]
+
+    def quarantined(self) -> Mapping[str, QuarantineInfo]:
+        """Instances the sandbox holds in quarantine, by sandbox key."""
+        return self.sandbox.quarantined()
+
+    async def _release(self, actor: RunningActor) -> int:
+        """Bring quarantined instances of ``actor`` back (an operator's scale or update)."""
+        released = 0
+        for instance in actor.instances:
+            key = instance.sandbox_key(actor.actor_id)
+            if self.sandbox.release(key):
+                await self.sandbox.load(key, actor.module.code)
+                released += 1
+        if released:
+            logger.info("released %d quarantined instance(s) of %s", released, actor.actor_id)
+        return released
 
     def desired(self) -> tuple[DesiredActor, ...]:
         """What should be restored after a restart."""
@@ -161,12 +182,18 @@ class ActorRegistry:
 
     def admit(self, module: bytes) -> AdmittedModule:
         """Admission with this host's trust settings (raises ModuleError subclasses)."""
-        return admit(
+        admitted = admit(
             module,
             trusted_issuers=self.trusted_issuers,
             allow_unsigned=self.allow_unsigned,
             max_pages=self.max_pages,
+            max_size=self.policy.max_bytes,
+            allow_legacy_claims=self.allow_legacy_claims,
+            pinned_digests=self.pinned_digests,
         )
+        for warning in admitted.warnings:
+            logger.warning("%s: %s", admitted.actor_id, warning)
+        return admitted
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -245,6 +272,8 @@ class ActorRegistry:
         0.82 semantics): other instances are left alone, new ones get the annotations.
         """
         actor = self._require(actor_id)
+        async with self._lock:
+            await self._release(actor)
         current = len(_matching(actor.instances, annotations))
         if count > current:
             return await self.start(

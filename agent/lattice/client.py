@@ -25,7 +25,6 @@ from agent.lattice.invocation import (
 )
 
 if TYPE_CHECKING:
-
     from agent.lattice.natsclient import NatsClient
 
 __all__ = ["CallReply", "LatticeClient", "connect", "connect_local"]

@@ -195,7 +195,10 @@ class ControlServer:
             friendly_name=self.facts.friendly_name,
             version=__version__,
             uptime_seconds=self.facts.uptime,
-            actors=tuple(_actor_info(actor) for actor in self._registry.running()),
+            actors=tuple(
+                _actor_info(actor, self._registry.quarantined())
+                for actor in self._registry.running()
+            ),
         )
 
     def ping_reply(self) -> dict[str, Any]:
@@ -547,8 +550,15 @@ def _carries(instance: ActorInstance, annotations: Mapping[str, str]) -> bool:
     return all(instance.annotations.get(k) == v for k, v in annotations.items())
 
 
-def _actor_info(actor: RunningActor) -> codec.ActorInfo:
+def _actor_info(actor: RunningActor, quarantined: Mapping[str, Any]) -> codec.ActorInfo:
     revision = actor.claims.rev or 0 if actor.claims else 0
+
+    def held(instance: ActorInstance) -> dict[str, str] | None:
+        info = quarantined.get(instance.sandbox_key(actor.actor_id))
+        if info is None:
+            return None
+        return {"reason": info.reason, "until": events.rfc3339(info.until)}
+
     return codec.ActorInfo(
         id=actor.actor_id,
         image_ref=actor.image_ref,
@@ -560,6 +570,7 @@ def _actor_info(actor: RunningActor) -> codec.ActorInfo:
                 annotations=dict(instance.annotations),
                 image_ref=actor.image_ref,
                 max_instances=len(actor.instances),
+                quarantined=held(instance),
             )
             for instance in actor.instances
         ),

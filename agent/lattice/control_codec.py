@@ -486,6 +486,9 @@ class ActorInstanceInfo:
     annotations: dict[str, str] = field(default_factory=dict)
     image_ref: str = ""
     max_instances: int = 1
+    # Our addition (wasmCloud has no such state): why the sandbox stopped running it and
+    # until when (RFC 3339); ``scale`` or ``upd`` brings it back sooner.
+    quarantined: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +551,7 @@ class HostInventory:
                             "image_ref": i.image_ref or a.image_ref,
                             "max_instances": i.max_instances,
                         }
+                        | ({"quarantined": dict(i.quarantined)} if i.quarantined else {})
                         for i in a.instances
                     ],
                 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,12 +13,29 @@ from lattice_testing import CLI, run_cli
 from agent.config import embedded_default
 from agent.runtime.demo import DEMO_ISSUER
 
-GUESTS = Path(__file__).resolve().parents[1] / "fixtures" / "guests"
+REPO = Path(__file__).resolve().parents[2]
+GUESTS = REPO / "tests" / "fixtures" / "guests"
+DEMO = REPO / "agent" / "runtime" / "demo" / "echo.wasm"
 ECHO_ISSUER = "ABRK5MP6QRTH7HXOVP2PR2TLDW6DPLBAF3LTGVWQRFVEF7W5VOUMACXB"
 
 
-def test_embedded_default_trusts_only_the_demo_issuer() -> None:
-    assert embedded_default(env={}).trust.trusted_issuers == (DEMO_ISSUER,)
+def test_embedded_default_runs_the_demo_but_nothing_else_its_issuer_signs(
+    tmp_path: Path,
+) -> None:
+    assert DEMO_ISSUER not in embedded_default(env={}).trust.trusted_issuers
+    env = {"LATTICE_EDGE_CONFIG": "", "XDG_CONFIG_HOME": str(tmp_path / "none")}
+    demo = run_cli("actor", "call", str(DEMO), "Greet", "x", env={**os.environ, **env})
+    assert demo.returncode == 0 and demo.stdout == "Hello, x!", demo.stderr
+    # Anyone holding the public demo seed can sign a module; the embedded default refuses it.
+    seed = REPO / "tests" / "fixtures" / "demo_issuer.nk"
+    signed = tmp_path / "evil.wasm"
+    sign = run_cli(
+        "actor", "sign", str(GUESTS / "echo.wasm"), "-o", str(signed),
+        "--issuer-seed", str(seed), "--name", "evil", env={**os.environ, **env},
+    )  # fmt: skip
+    assert sign.returncode == 0, sign.stderr
+    evil = run_cli("actor", "call", str(signed), "Echo", "x", env={**os.environ, **env})
+    assert evil.returncode == 1 and "not in trusted_issuers" in evil.stderr
 
 
 def test_inspect_a_signed_third_party_actor(third_party_dir: Path, tmp_path: Path) -> None:
@@ -136,7 +154,10 @@ def test_call_failures_exit_non_zero_with_the_reason(third_party_dir: Path) -> N
 
 
 def test_call_times_out_an_infinite_loop() -> None:
-    result = run_cli("actor", "call", str(GUESTS / "loop.wasm"), "spin", "--timeout", "0.5")
+    result = run_cli(
+        "actor", "call", str(GUESTS / "loop.wasm"), "spin", "--timeout", "0.5",
+        "--trust-issuer", DEMO_ISSUER,
+    )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "deadline" in result.stderr.lower() or "timed out" in result.stderr.lower()
