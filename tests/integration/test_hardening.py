@@ -349,3 +349,37 @@ async def test_link_ids_that_could_never_be_called_are_refused(lab: Lab, provide
     reply = await lab.client.request(f"{CTL}.linkdefs.put", link)
     assert reply["accepted"] is False and "provider_id" in reply["error"]
     assert (await lab.client.request(f"{CTL}.get.links"))["links"] == []
+
+
+# --- 11: quarantine is reported and recoverable -----------------------------------------------
+
+
+async def test_a_quarantined_instance_is_in_the_inventory_and_scale_releases_it(
+    tmp_path: Path,
+) -> None:
+    issuer = generate(KeyKind.ACCOUNT)
+    config = write_config(tmp_path, issuer, "invocation_deadline_s = 0.3\n")
+    loop = Path(__file__).resolve().parents[1] / "fixtures" / "guests" / "loop.wasm"
+    signed, _ = sign_module(loop.read_bytes(), issuer, "spinner")
+    module = config.host.data_dir / "actors" / "loop.wasm"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(signed)
+    async with run_host(config) as host, connect(
+        host.client_url, seed=agent_seed(config.host.data_dir)
+    ) as client:
+        lab = Lab(host, client, issuer, tmp_path)
+        async with client.events("actor_quarantined") as queue:
+            actor = await start(lab, f"file://{module}")
+            for _ in range(3):
+                with pytest.raises(Exception, match="deadline"):
+                    await lab.invoke(actor, "spin", b"", timeout=5)
+            event = await client.wait_for(queue, lambda e: e["data"]["public_key"] == actor, 10)
+        assert "deadline" in event["data"]["reason"]
+        (instance,) = (await client.inventory(lab.host_id))["actors"][0]["instances"]
+        assert "deadline" in instance["quarantined"]["reason"] and instance["quarantined"]["until"]
+        assert (await lab.command("scale", {"actor_id": actor, "actor_ref": actor, "count": 1}))[
+            "accepted"
+        ]
+        await asyncio.sleep(0.5)
+        (instance,) = (await client.inventory(lab.host_id))["actors"][0]["instances"]
+        assert "quarantined" not in instance
