@@ -364,9 +364,10 @@ async def test_a_quarantined_instance_is_in_the_inventory_and_scale_releases_it(
     module = config.host.data_dir / "actors" / "loop.wasm"
     module.parent.mkdir(parents=True)
     module.write_bytes(signed)
-    async with run_host(config) as host, connect(
-        host.client_url, seed=agent_seed(config.host.data_dir)
-    ) as client:
+    async with (
+        run_host(config) as host,
+        connect(host.client_url, seed=agent_seed(config.host.data_dir)) as client,
+    ):
         lab = Lab(host, client, issuer, tmp_path)
         async with client.events("actor_quarantined") as queue:
             actor = await start(lab, f"file://{module}")
