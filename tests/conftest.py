@@ -15,6 +15,20 @@ from agent.leaf.binary import NatsServer, find_nats_server
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="run the long variants (fuzzing at 100k messages) instead of the CI sizes",
+    )
+
+
+@pytest.fixture(scope="session")
+def slow(request: pytest.FixtureRequest) -> bool:
+    """Whether ``--slow`` was given: tests scale their volume with it."""
+    return bool(request.config.getoption("--slow"))
+
+
 @pytest.fixture(scope="session")
 def third_party_dir() -> Path:
     """The read-only folder of third-party actors (``../shared/fixtures/third_party``).

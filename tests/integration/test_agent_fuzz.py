@@ -25,10 +25,11 @@ DEMO_ACTOR = "MARWLVHRDVRB4VZFLTHMZ37PIOVG4F5WWHK3LRECIU7UH5PWC72SQNNP"
 
 
 class Running:
-    def __init__(self, url: str, host_id: str, seed: str) -> None:
+    def __init__(self, url: str, host_id: str, seed: str, pid: int) -> None:
         self.url = url
         self.host_id = host_id
         self.seed = seed
+        self.pid = pid
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         url = f"nats://127.0.0.1:{client}"
         started = run_cli("actor", "start", f"file://{DEMO}", "--config", str(root / "agent.toml"))
         assert started.returncode == 0, started.stderr
-        yield Running(url, host_id, agent_seed(root / "data"))
+        assert agent.process is not None
+        yield Running(url, host_id, agent_seed(root / "data"), agent.process.pid)
         assert agent.process is not None and agent.process.poll() is None
     finally:
         agent.kill_all()
@@ -141,6 +143,67 @@ def test_rpc_refuses_malformed_invocations(running: Running, body: bytes) -> Non
     subject = f"wasmbus.rpc.default.{DEMO_ACTOR}"
     response = InvocationResponse.decode(asyncio.run(request(running, subject, body)))
     assert response.error, response
+
+
+def fuzzed_messages(host_id: str) -> st.SearchStrategy[tuple[str, bytes]]:
+    """(subject, body) over every control subject and the RPC subject."""
+    rpc = f"wasmbus.rpc.default.{DEMO_ACTOR}"
+    invocation_bodies = st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(["origin", "target", "operation", "msg", "id", "encoded_claims"]),
+            json_values, max_size=6,
+        ).map(lambda d: msgpack.packb(d)),
+    )  # fmt: skip
+    control = st.tuples(st.sampled_from(control_subjects(host_id)), bodies)
+    return st.one_of(control, st.tuples(st.just(rpc), invocation_bodies))
+
+
+def test_every_subject_at_volume_leaves_the_agent_alive_and_flat(
+    running: Running, slow: bool
+) -> None:
+    """Hypothesis draws batches of messages over every subject: 100k with --slow, 4k in CI.
+
+    Each batch is sent over one connection, concurrently; every request must be answered.
+    The agent's RSS after the run stays within a few MB of what it was after the first
+    tenth (no per-message leak).
+    """
+    import psutil
+
+    total = 100_000 if slow else 4_000
+    batch = 100
+    sent = [0]
+    rss: list[int] = []
+    agent = psutil.Process(running.pid)
+
+    async def send(messages: list[tuple[str, bytes]]) -> None:
+        client = await nats.connect(running.url, nkeys_seed_str=running.seed)
+        try:
+            replies = await asyncio.gather(
+                *(client.request(subject, body, timeout=10) for subject, body in messages)
+            )
+        finally:
+            await client.close()
+        assert len(replies) == len(messages) and all(r.data for r in replies)
+
+    @settings(
+        max_examples=total // batch, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )  # fmt: skip
+    @given(messages=st.lists(fuzzed_messages(running.host_id), min_size=batch, max_size=batch))
+    def storm(messages: list[tuple[str, bytes]]) -> None:
+        asyncio.run(send(messages))
+        sent[0] += len(messages)
+        if len(rss) == 0 and sent[0] >= total // 10:
+            rss.append(agent.memory_info().rss)
+
+    storm()
+    rss.append(agent.memory_info().rss)
+    assert sent[0] >= total * 0.9  # hypothesis may stop a little short of max_examples
+    assert agent.is_running()
+    growth_mb = (rss[-1] - rss[0]) / 2**20
+    print(f"{sent[0]} fuzzed messages; agent RSS {rss[0] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MB")
+    assert growth_mb < 8, f"agent RSS grew {growth_mb:.1f} MB over {sent[0]} messages"
 
 
 def test_still_serving_after_the_storm(running: Running) -> None:
