@@ -18,9 +18,11 @@ from typing import Any
 
 from agent.config import Config, HostPort, LeafSettings, embedded_default
 from agent.errors import AgentStateError
-from agent.host import HostInfo, demo_actor_bytes, prepare_host
+from agent.host import HostInfo
 from agent.identity.keys import KeyPair
 from agent.lattice.client import connect_local
+from agent.launch import prepare_host
+from agent.runtime.demo import demo_actor_bytes
 
 __all__ = ["run_demo"]
 

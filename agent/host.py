@@ -7,8 +7,9 @@ lame-duck and stop the leaf, remove the run file, release the lock. SIGTERM and 
 request shutdown; a second SIGINT forces it.
 
 Every background task runs under :class:`~agent.background.Background`'s one error
-policy, so nothing but shutdown ends the host; :func:`run_host` runs one in-process for
-tests (in the manner of uvicorn's test server).
+policy, so nothing but shutdown ends the host. A host is made by
+:func:`agent.launch.prepare_host` (the checks that come before any process starts) and
+run in-process for tests by :func:`agent.launch.run_host`.
 """
 
 from __future__ import annotations
@@ -23,38 +24,36 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.background import Background
-from agent.boards import Board, resolve_board
+from agent.boards import Board
 from agent.capabilities.base import Capabilities
-from agent.config import Config, LocalUserSettings
+from agent.config import Config
 from agent.datadir import DataDirLock
-from agent.errors import LatticeEdgeError, LeafConfigError, StateError
+from agent.errors import LatticeEdgeError, LeafConfigError
 from agent.fsutil import ensure_dir, write_atomic
-from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
-from agent.identity.jwt import read_creds
+from agent.identity.host import HostKeys
 from agent.identity.keys import KeyPair
-from agent.identity.local import ensure_agent_user, load_agent_user, read_password_file
-from agent.identity.tls import check_pem_certificate
+from agent.identity.local import load_agent_user
 from agent.lattice import subjects
 from agent.lattice.actors import ActorRegistry
 from agent.lattice.control import ControlServer, HostFacts, host_labels
 from agent.lattice.hostcalls import HostCallRouter, LinkTable
 from agent.lattice.refs import MODULE_BUCKET, FetchPolicy, ModuleCache
 from agent.lattice.rpc import LatticeRpcClient, RpcServer
-from agent.leaf.access import LocalAccess, LocalUser, agent_inbox_prefix
-from agent.leaf.binary import NatsServer, find_nats_server
+from agent.leaf.access import LocalAccess, agent_inbox_prefix
+from agent.leaf.binary import NatsServer
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
 from agent.resources import device_resources
+from agent.runtime.demo import demo_actor_bytes
 from agent.runtime.sandbox import Sandbox
 from agent.state import DesiredState, StateKeeper, StateStore
 from agent.systemd import Notifier
 
-__all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host", "run_host"]
+__all__ = ["DEMO_ACTOR_NAME", "STATE_FILE", "Host", "HostInfo", "HostState"]
 
 logger = logging.getLogger("lattice_edge.host")
 
@@ -63,7 +62,6 @@ LEAF_CONF = "nats-server.conf"
 LEAF_PID = "nats-server.pid"
 DRAIN_TIMEOUT_S = 5.0
 STATE_RETRY_S = 5.0  # how often a state file the disk refused is written again
-AGENT_UMASK = 0o027  # nothing the agent or its children create is world-readable
 
 
 class HostState(enum.Enum):
@@ -95,67 +93,6 @@ class HostInfo:
     pid: int
     started_at: float
     version: str = __version__
-
-
-def prepare_host(config: Config, *, create_keys: bool = False, demo: bool = False) -> Host:
-    """Check everything that can be checked before starting anything.
-
-    Loads (or, for the embedded default, creates) the host keys, resolves the board,
-    reads the upstream credentials and finds nats-server, so each of those problems is
-    reported as one clear error before a process is spawned. ``demo`` starts the demo
-    actor when the host has no actors of its own (the embedded default does that).
-
-    The data directory is locked first (AgentRunningError when another agent has it), and
-    the umask tightened, so nothing is touched by two agents or created world-readable.
-    """
-    os.umask(AGENT_UMASK)
-    lock = DataDirLock(config.host.data_dir)
-    lock.acquire()
-    try:
-        return _prepare(config, lock, create_keys=create_keys, demo=demo)
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _prepare(config: Config, lock: DataDirLock, *, create_keys: bool, demo: bool) -> Host:
-    if create_keys:
-        keys, created = ensure_host_keys(config.keys_dir)
-        if created:
-            logger.info("created host keys in %s", config.keys_dir)
-    else:
-        keys = load_host_keys(config.keys_dir)
-    board = resolve_board(config)
-    upstream = config.upstream
-    if upstream is not None:
-        if upstream.credentials is not None:
-            read_creds(upstream.credentials)  # raises CredsError naming the file
-        for path in (upstream.tls_ca_file, upstream.tls_cert_file, upstream.tls_key_file):
-            if path is not None and not path.is_file():
-                raise LeafConfigError(f"upstream TLS file {path} does not exist")
-        for path in (upstream.tls_ca_file, upstream.tls_cert_file):
-            if path is not None:
-                check_pem_certificate(path)
-    server = find_nats_server(config.leaf.nats_server)
-    access = LocalAccess(
-        agent_user=ensure_agent_user(config.host.data_dir).public_key,
-        users=tuple(_local_user(user) for user in config.leaf.local_users),
-        anonymous=config.leaf.allow_anonymous,
-    )
-    return Host(config, keys=keys, board=board, server=server, access=access, lock=lock, demo=demo)
-
-
-def _local_user(settings: LocalUserSettings) -> LocalUser:
-    password = None
-    if settings.password_file is not None:
-        password = read_password_file(settings.password_file)
-    return LocalUser(
-        name=settings.name,
-        password=password,
-        nkey=settings.nkey,
-        publish=settings.publish,
-        subscribe=settings.subscribe,
-    )
 
 
 class Host:
@@ -569,13 +506,13 @@ class Host:
                 )
                 self.keeper.restore_failed(wanted, str(exc))
         if self.demo:
-            demo = next((a for a in registry.running() if a.name == DEMO_ACTOR_NAME), None)
-            if demo is None and not desired.actors:
+            greeter = next((a for a in registry.running() if a.name == DEMO_ACTOR_NAME), None)
+            if greeter is None and not desired.actors:
                 digest = await asyncio.to_thread(registry.cache.put, demo_actor_bytes())
-                demo = await registry.start(f"sha256:{digest}")
-            if demo is not None:
+                greeter = await registry.start(f"sha256:{digest}")
+            if greeter is not None:
                 name = self.config.host.name.encode()
-                answer = await registry.invoke(demo.actor_id, "Greet", name)
+                answer = await registry.invoke(greeter.actor_id, "Greet", name)
                 self.demo_greeting = answer.response.decode("utf-8", "replace")
         await asyncio.to_thread(self.keeper.try_save)
 
@@ -618,48 +555,6 @@ def _log_group(group: BaseExceptionGroup[Any]) -> None:
 
 
 DEMO_ACTOR_NAME = "Lattice Edge demo echo"
-
-
-def demo_actor_path() -> Path:
-    """Where the installed demo actor module lives."""
-    from importlib import resources
-
-    return Path(str(resources.files("agent.runtime.demo").joinpath("echo.wasm")))
-
-
-def demo_actor_bytes() -> bytes:
-    """The demo actor module."""
-    from agent.runtime.demo import demo_actor_bytes as read
-
-    return read()
-
-
-@contextlib.asynccontextmanager
-async def run_host(
-    config: Config, *, create_keys: bool = True, demo: bool = False
-) -> AsyncIterator[Host]:
-    """Run a host in this process until the block ends (the in-process test harness).
-
-    Yields once the host is ready; leaving the block stops it in order and re-raises
-    what made it fail, if anything did::
-
-        async with run_host(config) as host:
-            ... host.nats, host.registry, host.control ...
-    """
-    host = prepare_host(config, create_keys=create_keys, demo=demo)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[HostInfo] = loop.create_future()
-    runner = asyncio.ensure_future(host.run(on_ready=ready.set_result))
-    try:
-        waiting: set[asyncio.Future[Any]] = {ready, runner}
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
-            runner.result()  # raises what stopped it
-            raise StateError("the host stopped before it was ready")
-        yield host
-    finally:
-        host.request_stop()
-        await runner
 
 
 def _first_of_ours(group: BaseExceptionGroup[Any]) -> BaseException:

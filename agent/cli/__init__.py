@@ -162,7 +162,8 @@ def init(
 )
 def run(config_path: Path | None, log_format: str | None) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT."""
-    from agent.host import HostInfo, prepare_host
+    from agent.host import HostInfo
+    from agent.launch import prepare_host
 
     config = load_or_none(config_path)
     embedded = config is None

@@ -35,10 +35,11 @@ from footprint import bare_start
 from lattice_testing import agent_seed, free_port
 
 from agent.config import load_config
-from agent.host import Host, run_host
+from agent.host import Host
 from agent.identity.keys import KeyKind, generate
 from agent.identity.wascap import sign_module
 from agent.lattice.client import LatticeClient
+from agent.launch import run_host
 
 ECHO = Path(__file__).resolve().parents[1] / "fixtures" / "guests" / "echo.wasm"
 

@@ -24,11 +24,11 @@ import pytest
 from lattice_testing import AgentProcess, agent_seed, alive, free_port, wait_until
 
 from agent.config import load_config
-from agent.host import run_host
 from agent.identity.host import ensure_host_keys
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.identity.wascap import sign_module
 from agent.lattice.client import LatticeClient, connect
+from agent.launch import run_host
 
 pytestmark = pytest.mark.integration
 

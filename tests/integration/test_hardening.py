@@ -25,11 +25,12 @@ from lattice_testing import agent_seed, free_port
 import agent.state
 from agent.config import Config, load_config
 from agent.errors import AgentRunningError
-from agent.host import Host, prepare_host, run_host
+from agent.host import Host
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.identity.wascap import sign_module
 from agent.lattice.client import LatticeClient, connect
 from agent.lattice.invocation import InvocationResponse, WasmCloudEntity, new_invocation
+from agent.launch import prepare_host, run_host
 from agent.logs import EscapingFormatter
 
 pytestmark = pytest.mark.integration

@@ -214,6 +214,12 @@ async def test_repeat_offenders_are_quarantined() -> None:
         for _ in range(3):
             outcome = await served_during(sandbox, sandbox.invoke("bad", "spin", b""))
             assert isinstance(outcome, InvocationTimeout)
+        # The caller hears of the deadline at once; the strike counts when the killed
+        # worker's exit has been handled, a moment later.
+        for _ in range(200):
+            if sandbox.quarantined():
+                break
+            await asyncio.sleep(0.01)
         with pytest.raises(ActorQuarantined):
             await sandbox.invoke("bad", "echo", b"")
         assert [actor for actor, _ in reported] == ["bad"]
