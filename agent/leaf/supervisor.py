@@ -93,15 +93,25 @@ class LogPump:
 
     Lines that differ only in numbers (ports, attempt counters, timestamps) count as the
     same line: the first is logged, repeats within ``window`` seconds are counted and
-    reported with the next one that gets through.
+    reported with the next one that gets through. On top of that at most ``burst`` lines
+    of any kind pass per ``window``: a local client can make nats-server log a permission
+    violation per subject it tries, and those subjects all differ.
     """
 
-    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        burst: int = 60,
+    ):
         self.window = window
         self.clock = clock
+        self.burst = burst
         self.recent: collections.deque[str] = collections.deque(maxlen=30)
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._passed: collections.deque[float] = collections.deque()
+        self._over_burst = 0
 
     def feed(self, raw: bytes) -> tuple[int, str] | None:
         """Classify one line; return (level, message) to log, or None when suppressed."""
@@ -120,12 +130,21 @@ class LogPump:
         if last is not None and now - last < self.window:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return None
+        while self._passed and now - self._passed[0] >= self.window:
+            self._passed.popleft()
+        if len(self._passed) >= self.burst:
+            self._over_burst += 1
+            return None
         if len(self._last_logged) > 256:  # bound memory against endlessly varying lines
             self._last_logged.clear()
         self._last_logged[key] = now
+        self._passed.append(now)
         skipped = self._suppressed.pop(key, 0)
         if skipped:
             message += f" ({skipped} similar lines suppressed)"
+        if self._over_burst:
+            message += f" ({self._over_burst} other lines suppressed: too many at once)"
+            self._over_burst = 0
         return _LEVELS[level_name], message
 
     def last_error(self) -> str | None:

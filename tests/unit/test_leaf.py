@@ -12,7 +12,7 @@ from agent.config import HostPort, UpstreamSettings
 from agent.errors import LeafConfigError, LeafError, NatsServerNotFound
 from agent.leaf.binary import find_nats_server, parse_version
 from agent.leaf.render import LeafPlan, render, to_conf
-from agent.leaf.supervisor import LogPump
+from agent.leaf.supervisor import Backoff, LogPump
 
 V2_9 = (2, 9, 10)
 V2_15 = (2, 15, 1)
@@ -141,3 +141,30 @@ def test_log_pump_levels_and_rate_limit() -> None:
     assert fatal is not None and fatal[0] == logging.ERROR
     assert pump.last_error() == "[FTL] Error listening on port: 127.0.0.1:4222"
     assert pump.feed(b"\n") is None
+
+
+def test_log_pump_caps_lines_that_all_differ() -> None:
+    # A local client trying 5,000 different forbidden subjects makes nats-server log 5,000
+    # different permission violations; the pump lets a burst through, then counts.
+    now = [0.0]
+    pump = LogPump(window=60.0, clock=lambda: now[0], burst=10)
+
+    def word(n: int) -> str:  # letters only: numbers would make the lines "the same"
+        return "".join(chr(97 + int(d)) for d in f"{n:04}") + chr(97 + n % 26) * 2
+
+    passed = [
+        pump.feed(f'[ERR] Publish Violation - Subject "wasmbus.{word(i)}"'.encode())
+        for i in range(5000)
+    ]
+    assert sum(p is not None for p in passed) == 10
+    now[0] = 61.0
+    line = pump.feed(b"[ERR] something else entirely")
+    assert line is not None and "4990 other lines suppressed" in line[1]
+
+
+def test_backoff_jitter_stays_within_bounds() -> None:
+    backoff = Backoff()
+    assert backoff.stable_after == 3.0
+    delays = [backoff.jittered(0.5) for _ in range(1000)]
+    assert min(delays) >= 0.4 and max(delays) <= 0.6 and len(set(delays)) > 100
+    assert backoff.next(16.0) == 30.0
