@@ -1,8 +1,9 @@
 """The composition root: what starts, in which order, and how it stops.
 
 Start-up: config → identity → board profile → leaf config → leaf node ready → NATS
-connection → state file → ``READY=1``. Shutdown reverses it, each step bounded: stop
-taking requests, drain NATS, lame-duck and stop the leaf, remove the state file.
+connection → lattice → firmware bridge (when MCUs are configured) → state file →
+``READY=1``. Shutdown reverses it, each step bounded: stop taking requests, stop the
+firmware bridge, drain NATS, lame-duck and stop the leaf, remove the state file.
 SIGTERM and SIGINT request shutdown; a second SIGINT forces it.
 """
 
@@ -149,6 +150,7 @@ class Host:
         self.registry: ActorRegistry | None = None
         self.control: ControlServer | None = None
         self.rpc: RpcServer | None = None
+        self.firmware: Any = None  # firmware_bridge.bridge.FirmwareBridge when MCUs are configured
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self._stop = asyncio.Event()
@@ -239,6 +241,7 @@ class Host:
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
                 await self._start_lattice(tasks, registry)
+                await self._start_firmware(tasks)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
                 self.state = HostState.RUNNING
@@ -252,10 +255,12 @@ class Host:
                 self.notifier.stopping()
                 logger.info("shutting down")
                 await self._stop_lattice()
+                await self._stop_firmware()
                 await self._drain()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            await self._stop_firmware()
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -374,6 +379,18 @@ class Host:
         )
         await self.rpc.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
+
+    async def _start_firmware(self, tasks: asyncio.TaskGroup) -> None:
+        """The firmware bridge, only with ``[[firmware.devices]]`` (its imports cost memory)."""
+        if self.config.firmware.devices:
+            from firmware_bridge.bridge import start_bridge
+
+            self.firmware = await start_bridge(self, tasks)
+
+    async def _stop_firmware(self) -> None:
+        if self.firmware is not None:
+            firmware, self.firmware = self.firmware, None
+            await firmware.stop()
 
     async def _changed(self) -> None:
         """Actors or links changed: persist the desired state and follow with RPC."""
