@@ -177,9 +177,13 @@ class SimulatedMCU:
         key = (header.group, header.command)
         self.requests[key] = self.requests.get(key, 0) + 1
         try:
-            return self._dispatch(header, frame)
+            answer, effect = self._dispatch(header, frame)
         except (ValidationError, ValueError, TypeError):
             return _error(header, EINVAL), Effect.NONE
+        # The answer's op is the request's plus one, as Zephyr sends it (smp's
+        # ImageStatesWriteResponse inherits the read response's op).
+        first = (answer[0] & ~0b111) | (header.op + 1)
+        return bytes([first]) + answer[1:], effect
 
     def _dispatch(self, header: Header, frame: bytes) -> tuple[bytes, Effect]:
         from smp import image_management as im

@@ -182,11 +182,17 @@ class PtyServer(_Base):
                     continue
                 try:
                     decoder.send(line)
+                    continue
                 except StopIteration as done:
-                    decoder = None
-                    await self._respond(bytes(done.value))
+                    frame = bytes(done.value)
                 except Exception:  # smp raises several types on a malformed line: resync
                     decoder = None
+                    continue
+                decoder = None
+                try:
+                    await self._respond(frame)
+                except Exception:  # a simulator bug must not take the "device" down
+                    logger.exception("the simulator failed to answer a request")
 
     async def _respond(self, frame: bytes) -> None:
         from smp import packet
