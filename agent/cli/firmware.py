@@ -333,7 +333,7 @@ class _BarProgress:
 @click.option("--noise", type=click.FloatRange(0, 1), default=0.0,
               help="Console log lines among the SMP lines (probability per line).")  # fmt: skip
 @click.option("--reboot-at", type=click.FloatRange(0, 1), default=None,
-              help="Reboot once when an upload reaches this fraction (upload state lost).")  # fmt: skip
+              help="Reboot once at this fraction of an upload (its state is lost).")  # fmt: skip
 @click.option("--disconnect-at", type=click.FloatRange(0, 1), default=None,
               help="Vanish once when an upload reaches this fraction (state kept).")  # fmt: skip
 @click.option("--vanish-s", type=click.FloatRange(0), default=1.0, show_default=True)
