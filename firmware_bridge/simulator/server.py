@@ -44,6 +44,7 @@ class Faults:
     reenumerate: bool = False  # the port vanishes on every reset
     boot_s: float = 0.2
     silent: bool = False  # a hung MCU: reads, never answers
+    brick_on_reset: bool = False  # after its next reset the MCU never answers again
 
 
 class _Base:
@@ -225,6 +226,7 @@ class PtyServer(_Base):
             self._vanish()
         await asyncio.sleep(self.faults.boot_s)
         self.mcu.boot()
+        self.faults.silent = self.faults.silent or self.faults.brick_on_reset
         if vanish:
             self._appear()
         self.booting = False
@@ -283,6 +285,7 @@ class UdpServer(_Base, asyncio.DatagramProtocol):
         self.booting = True
         await asyncio.sleep(self.faults.boot_s)
         self.mcu.boot()
+        self.faults.silent = self.faults.silent or self.faults.brick_on_reset
         self.booting = False
 
     async def serve(
