@@ -203,8 +203,7 @@ class Device:
         if state is DeviceState.ONLINE:
             self._online.set()
         if state is not self.state:
-            log = logger.info if state is DeviceState.ONLINE else logger.warning
-            if state is not DeviceState.ONLINE:
-                log("firmware device %s is %s: %s", self.name, state.value, reason)
+            if state in (DeviceState.OFFLINE, DeviceState.UNRESPONSIVE):
+                logger.warning("firmware device %s is %s: %s", self.name, state.value, reason)
             self.state = state
         self.reason = reason

@@ -88,7 +88,8 @@ def endpoint(handler: Handler) -> Callable[[Any], Awaitable[None]]:
         try:
             answer = await handler(parse_request(bytes(request.data)))
         except LatticeEdgeError as exc:
-            await _error(request, _code(exc), str(exc))
+            extra = {"reason": exc.reason} if isinstance(exc, ImageRejected) else {}
+            await _error(request, _code(exc), str(exc), extra)
             return
         except Exception:
             logger.exception("firmware endpoint %s failed", request.subject)
@@ -102,8 +103,10 @@ def endpoint(handler: Handler) -> Callable[[Any], Awaitable[None]]:
     return serve
 
 
-async def _error(request: Any, code: str, message: str) -> None:
-    body = json.dumps({"error": message, "code": int(code)}).encode()
+async def _error(
+    request: Any, code: str, message: str, extra: dict[str, Any] | None = None
+) -> None:
+    body = json.dumps({"error": message, "code": int(code), **(extra or {})}).encode()
     try:
         await request.respond_error(code, message.replace("\r", " ").replace("\n", " "), body)
     except Exception as exc:

@@ -57,7 +57,11 @@ timeout_s = 3
         "serial", "/dev/serial/by-id/usb-ZEPHYR-if00", 1000000, ("smp_svr_stats",)
     )  # fmt: skip
     assert (serial.timeout_s, udp.timeout_s) == (1.5, 3.0)
-    assert (udp.transport, udp.address, udp.stat_groups) == ("udp", HostPort("192.0.2.10", 1337), None)
+    assert (udp.transport, udp.address, udp.stat_groups) == (
+        "udp",
+        HostPort("192.0.2.10", 1337),
+        None,
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SigningKey]:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, SigningKey]) -> dict[str, Path]:
+def images(
+    tmp_path_factory: pytest.TempPathFactory, keys: dict[str, SigningKey]
+) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("images")
     return {
         "ed25519": sign_image(directory, keys["ed25519"], "1.2.3+7"),

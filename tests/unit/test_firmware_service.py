@@ -99,7 +99,10 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         "sha256:<digest> of an image in the module cache",
     )
     assert answer("update", b'{"image": "sha256:' + b"0" * 64 + b'"}')[0] == "400"
-    assert answer("update", b'{"image": "x", "confirm": "yes"}')[1] == "'confirm' must be true or false"
+    assert (
+        answer("update", b'{"image": "x", "confirm": "yes"}')[1]
+        == "'confirm' must be true or false"
+    )
     code, description = answer("echo", b'{"text": "hi"}')
     assert code == "503" and "offline" in description
 
