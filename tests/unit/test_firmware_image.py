@@ -76,10 +76,10 @@ def test_unsigned_tampered_untrusted_truncated_are_refused(
 def test_a_bad_key_file_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
-    with pytest.raises(ConfigError, match="firmware.trusted_keys") as caught:
+    with pytest.raises(ConfigError, match=r"firmware\.trusted_keys") as caught:
         load_trusted_keys((bad,))
     assert str(bad) in str(caught.value)
-    with pytest.raises(ConfigError, match="missing.pem"):
+    with pytest.raises(ConfigError, match=r"missing\.pem"):
         load_trusted_keys((tmp_path / "missing.pem",))
 
 
