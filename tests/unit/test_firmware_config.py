@@ -77,7 +77,8 @@ timeout_s = 3
          "firmware.devices[0].transport", "'serial' or 'udp'"),
         ("[[firmware.devices]]\nname = 'a'\nport = '/d'\nbaud = 'fast'\n",
          "firmware.devices[0].baud", "baud rate"),
-        ("[[firmware.devices]]\nname = 'a.b'\nport = '/d'\n", "firmware.devices[0].name", "letters"),
+        ("[[firmware.devices]]\nname = 'a.b'\nport = '/d'\n", "firmware.devices[0].name",
+         "letters"),
         ("[[firmware.devices]]\nname = 'a'\nport = '/d'\nstat_groups = ['x y']\n",
          "firmware.devices[0].stat_groups", "'x y'"),
         ("[[firmware.devices]]\nname = 'a'\nport = '/d'\n[[firmware.devices]]\nname = 'a'\n"
