@@ -29,8 +29,9 @@ from agent.errors import (
     LatticeEdgeError,
     SMPFrameError,
 )
+from agent.lattice.refs import parse_ref
 from firmware_bridge import events
-from firmware_bridge.device import Device
+from firmware_bridge.device import Device, DeviceState
 
 if TYPE_CHECKING:
     from firmware_bridge.bridge import FirmwareBridge
@@ -114,11 +115,23 @@ async def _error(
 
 
 class DeviceEndpoints:
-    """The handlers of one MCU."""
+    """The handlers of one MCU.
+
+    A device that is not answering (offline, unresponsive, not probed yet) gets an error at
+    once instead of each request waiting out its retries behind the others; the device's
+    own task keeps probing it and the endpoints follow its state.
+    """
 
     def __init__(self, bridge: FirmwareBridge, device: Device) -> None:
         self.bridge = bridge
         self.device = device
+
+    def _answering(self) -> None:
+        device = self.device
+        if device.state is not DeviceState.ONLINE and not device.updating:
+            raise DeviceUnavailable(
+                f"device {device.name} is {device.state.value}: {device.reason}"
+            )
 
     async def info(self, body: dict[str, Any]) -> dict[str, Any]:
         _only(body)
@@ -126,7 +139,7 @@ class DeviceEndpoints:
         answer = device.to_json()
         answer.update(link=device.link.stats.to_json(), session=device.session.stats.to_json(),
                       last_update=device.last_update)  # fmt: skip
-        if device.updating:
+        if device.updating or device.state is not DeviceState.ONLINE:
             return answer
         try:
             params = await device.call(lambda s: s.params())
@@ -151,6 +164,7 @@ class DeviceEndpoints:
         text = body.get("text", "")
         if not isinstance(text, str) or len(text) > MAX_ECHO:
             raise ControlRequestError(f"'text' must be a string of at most {MAX_ECHO} characters")
+        self._answering()
         return {"text": await self.device.call(lambda s: s.echo(text))}
 
     async def stats(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +174,7 @@ class DeviceEndpoints:
             raise ControlRequestError("'group' must be a stat group name of 1-64 characters")
         if self.device.updating:
             raise DeviceBusy(f"{self.device.name} is being updated")
+        self._answering()
         names = [group] if group else list(await self.device.call(lambda s: s.stat_groups()))
         groups = {}
         for name in names:
@@ -171,6 +186,7 @@ class DeviceEndpoints:
         _only(body)
         if self.device.updating:
             raise DeviceBusy(f"{self.device.name} is being updated; not resetting it")
+        self._answering()
         await self.device.call(lambda s: s.reset())
         return {"device": self.device.name, "reset": True}
 
@@ -184,6 +200,13 @@ class DeviceEndpoints:
             )
         if not isinstance(confirm, bool):
             raise ControlRequestError("'confirm' must be true or false")
+        if parse_ref(image).scheme == "file":
+            raise ControlRequestError(
+                "file references are not accepted over the lattice: use nats-os://BUCKET/OBJECT "
+                "or sha256:<digest> of an image in the module cache"
+            )
+        if not self.device.updating:
+            self._answering()
         return await self.bridge.begin_update(self.device, image, confirm)
 
 
