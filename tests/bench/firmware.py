@@ -12,8 +12,9 @@ Prints one JSON line per figure.
   image's bytes sent raw with no protocol; ``ratio`` = upload goodput / raw rate.
 * ``whole_stack_memory`` — PSS of agent + nats-server leaf + sandbox workers after ``--idle``
   seconds, with no firmware device and with one (the simulator's own process not counted).
-  ``--baseline-tree`` runs the no-device agent from another checkout too (``git archive main |
-  tar -x -C DIR``), so the change of the no-device footprint is measured in the same run.
+  ``--baseline-tree`` runs the no-device agent from another checkout too (the commit this
+  work started from: ``git archive $(git merge-base HEAD main) | tar -x -C DIR``), so the
+  change of the no-device footprint is measured in the same run.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> No
     without = idle_stack(config, data, idle)
     figures: dict[str, object] = {"idle_s": idle, "without_firmware": without}
     if baseline_tree is not None:
+        # Byte-compile it first: an agent that compiles its sources on import is bigger.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(baseline_tree)], check=True)
         env = {"PYTHONPATH": str(baseline_tree)}
         base = idle_stack(config, data, idle, env)
         figures["baseline_tree_without_firmware"] = base
@@ -167,12 +170,13 @@ def main() -> None:
     parser.add_argument("--image-kb", type=int, default=96)
     parser.add_argument("--baseline-tree", type=Path, default=None)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-ota", action="store_true")
     args = parser.parse_args()
     emit("machine", python=platform.python_version(), arch=platform.machine(),
          cpus=psutil.cpu_count())  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        for baud in (115200, 1_000_000):
+        for baud in () if args.skip_ota else (115200, 1_000_000):
             raw = raw_line_rate(args.image_kb * 1024, baud)
             ota = asyncio.run(ota_once(workdir, baud, args.image_kb))
             goodput = ota["bytes"] / ota["upload_s"]
