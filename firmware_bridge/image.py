@@ -6,8 +6,8 @@ size and version. The TLV area holds the image hash (SHA-256 of header, payload 
 protected TLVs; it is what MCUboot and mcumgr call the image's hash) and the signature.
 
 :func:`inspect_image` checks the layout and the hash without any key; :func:`verify_image`
-adds the signature check against the trusted keys, with ``imgtool`` (imported on first use:
-it costs about 9 MB). Both run before a single byte goes to the device, and both name what
+adds the signature check against the trusted keys, with ``imgtool`` (imported on first use,
+not at start-up). Both run before a single byte goes to the device, and both name what
 is wrong: ``unsigned``, ``untrusted``, ``tampered``, ``truncated`` or ``malformed``.
 """
 
