@@ -117,13 +117,15 @@ def whole_stack(agent: AgentProcess) -> dict[str, object]:
     assert leaf_pid is not None
     agent_mem, leaf_mem = memory(agent.process.pid), memory(leaf_pid)
     workers = [memory(c.pid) for c in psutil.Process(agent.process.pid).children()
-               if c.pid != leaf_pid and "firmware" not in " ".join(c.cmdline())]  # fmt: skip
+               if c.pid != leaf_pid]  # fmt: skip
     total = agent_mem["pss_mb"] + leaf_mem["pss_mb"] + sum(w["pss_mb"] for w in workers)
     return {"agent": agent_mem, "nats_server": leaf_mem, "workers": workers,
             "whole_stack_pss_mb": round(total, 1)}  # fmt: skip
 
 
-def idle_stack(config: Path, data: Path, idle: float, env: dict[str, str] | None = None) -> dict[str, object]:
+def idle_stack(
+    config: Path, data: Path, idle: float, env: dict[str, str] | None = None
+) -> dict[str, object]:
     agent = AgentProcess(config, data, env=env).start()
     try:
         agent.wait_ready(60)
@@ -131,6 +133,12 @@ def idle_stack(config: Path, data: Path, idle: float, env: dict[str, str] | None
         return whole_stack(agent)
     finally:
         agent.terminate()
+
+
+def change(after: dict[str, object], before: dict[str, object]) -> float:
+    return round(
+        float(str(after["whole_stack_pss_mb"])) - float(str(before["whole_stack_pss_mb"])), 1
+    )
 
 
 def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> None:
@@ -141,12 +149,9 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> No
     if baseline_tree is not None:
         # Byte-compile it first: an agent that compiles its sources on import is bigger.
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(baseline_tree)], check=True)
-        env = {"PYTHONPATH": str(baseline_tree)}
-        base = idle_stack(config, data, idle, env)
+        base = idle_stack(config, data, idle, {"PYTHONPATH": str(baseline_tree)})
         figures["baseline_tree_without_firmware"] = base
-        figures["no_device_change_mb"] = round(
-            float(without["whole_stack_pss_mb"]) - float(base["whole_stack_pss_mb"]), 1  # type: ignore[arg-type]
-        )
+        figures["no_device_change_mb"] = change(without, base)
     link = workdir / "tty-mem"
     simulator = subprocess.Popen([CLI, "firmware", "simulate", "--pty", "--link", str(link)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -158,9 +163,7 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> No
         stop_process(simulator)
         config.write_text(plain)
     figures["with_one_device"] = with_one
-    figures["one_device_costs_mb"] = round(
-        float(with_one["whole_stack_pss_mb"]) - float(without["whole_stack_pss_mb"]), 1  # type: ignore[arg-type]
-    )
+    figures["one_device_costs_mb"] = change(with_one, without)
     emit("whole_stack_memory", **figures)
 
 

@@ -16,7 +16,11 @@ from agent.config import FirmwareDevice, FirmwareSettings
 from agent.errors import DeviceUnavailable
 from agent.lattice.refs import ModuleCache
 from firmware_bridge.bridge import FirmwareBridge
+from firmware_bridge.device import DeviceState
+from firmware_bridge.link import LinkStats
 from firmware_bridge.service import DeviceEndpoints, endpoint
+from firmware_bridge.session import SMPSession
+from firmware_bridge.simulator import SimulatedMCU
 
 LEAKS = re.compile(r"Traceback|object at 0x|\w+Error\(|\w+Exception\(")
 
@@ -36,7 +40,40 @@ class FakeRequest:
         self.answers.append((code, data, description))
 
 
-async def serve(op: str, data: bytes, tmp: Path) -> FakeRequest:
+class LoopbackLink:
+    """A link straight into a simulated MCU's request handler (no I/O): a unit-test seam."""
+
+    description = "loopback"
+
+    def __init__(self) -> None:
+        self.mcu = SimulatedMCU()
+        self.stats = LinkStats()
+        self.answers: list[bytes] = []
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def wait_lost(self) -> None:
+        await asyncio.Event().wait()
+
+    def discard_pending(self) -> None:
+        self.answers.clear()
+
+    async def send(self, frame: bytes) -> None:
+        answer, _ = self.mcu.handle(frame)
+        if answer is not None:
+            self.answers.append(answer)
+
+    async def receive(self, timeout: float) -> bytes | None:
+        return self.answers.pop(0) if self.answers else None
+
+
+async def serve(op: str, data: bytes, tmp: Path, *, online: bool = False) -> FakeRequest:
     device_settings = FirmwareDevice("mcu0", "serial", "/nonexistent/ttyACM9", 115200, None,
                                      None, 0.2)  # fmt: skip
     settings = FirmwareSettings((), 5.0, 1.0, 1.0, (device_settings,))
@@ -46,7 +83,12 @@ async def serve(op: str, data: bytes, tmp: Path) -> FakeRequest:
             module_cache=ModuleCache(tmp / "modules"), telemetry_period_s=5.0, tasks=tasks,
             emit=lambda _name, _data: None,
         )  # fmt: skip
-        handlers = DeviceEndpoints(bridge, bridge.devices["mcu0"])
+        device = bridge.devices["mcu0"]
+        if online:
+            device.link = LoopbackLink()
+            device.session = SMPSession(device.link, timeout_s=0.05, attempts=1)
+            device.state = DeviceState.ONLINE
+        handlers = DeviceEndpoints(bridge, device)
         request = FakeRequest(data)
         await endpoint(getattr(handlers, op))(request)
     return request
@@ -84,6 +126,24 @@ def test_every_request_gets_one_clean_answer(op: str, data: bytes, tmp_path_fact
         assert code in {"400", "409", "422", "502", "503"}
         assert answer["code"] == int(code) and answer["error"] == description
         assert description and not LEAKS.search(description), description
+
+
+@settings(max_examples=150, deadline=None)
+@given(op=st.sampled_from(["info", "echo", "stats", "reset"]), data=bodies)
+def test_every_request_to_an_answering_device_gets_one_clean_answer(
+    op: str, data: bytes, tmp_path_factory: Any
+) -> None:
+    request = asyncio.run(serve(op, data, tmp_path_factory.mktemp("svc"), online=True))
+    assert len(request.answers) == 1
+    code, body, description = request.answers[0]
+    answer = json.loads(body)
+    if code == "ok":
+        assert isinstance(answer, dict) and answer
+        if op == "info":
+            assert answer["images"][0]["version"] == "1.0.0"
+    else:
+        assert code in {"400", "502"}, (code, description)
+        assert answer["error"] == description and not LEAKS.search(description)
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:
