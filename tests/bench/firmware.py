@@ -1,7 +1,8 @@
 """Firmware bridge: OTA throughput over a pty against the raw line rate, and whole-stack
 memory with and without a firmware device.
 
-    .venv/bin/python tests/bench/firmware.py [--idle 10] [--image-kb 96] [--baseline-tree DIR]
+    .venv/bin/python tests/bench/firmware.py [--idle 10] [--runs 3] [--image-kb 96] \
+        [--baseline-tree DIR] [--skip-ota] [--skip-memory]
 
 Prints one JSON line per figure.
 
@@ -141,15 +142,29 @@ def change(after: dict[str, object], before: dict[str, object]) -> float:
     )
 
 
-def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> None:
+def median_stack(runs: list[dict[str, object]]) -> dict[str, object]:
+    """The run with the median whole-stack PSS, and every run's total."""
+    ordered = sorted(runs, key=lambda r: float(str(r["whole_stack_pss_mb"])))
+    middle = dict(ordered[len(ordered) // 2])
+    middle["runs_pss_mb"] = [r["whole_stack_pss_mb"] for r in runs]
+    return middle
+
+
+def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None, runs: int) -> None:
     config, data = init_agent(workdir)
     plain = config.read_text()
-    without = idle_stack(config, data, idle)
-    figures: dict[str, object] = {"idle_s": idle, "without_firmware": without}
     if baseline_tree is not None:
         # Byte-compile it first: an agent that compiles its sources on import is bigger.
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(baseline_tree)], check=True)
-        base = idle_stack(config, data, idle, {"PYTHONPATH": str(baseline_tree)})
+    ours, theirs = [], []
+    for _ in range(runs):  # interleaved so drift hits both alike
+        ours.append(idle_stack(config, data, idle))
+        if baseline_tree is not None:
+            theirs.append(idle_stack(config, data, idle, {"PYTHONPATH": str(baseline_tree)}))
+    without = median_stack(ours)
+    figures: dict[str, object] = {"idle_s": idle, "runs": runs, "without_firmware": without}
+    if theirs:
+        base = median_stack(theirs)
         figures["baseline_tree_without_firmware"] = base
         figures["no_device_change_mb"] = change(without, base)
     link = workdir / "tty-mem"
@@ -158,7 +173,7 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None) -> No
     try:
         wait_until(link.exists, 15, "the simulator")
         config.write_text(plain + f'\n[[firmware.devices]]\nname = "sim0"\nport = "{link}"\n')
-        with_one = idle_stack(config, data, idle)
+        with_one = median_stack([idle_stack(config, data, idle) for _ in range(runs)])
     finally:
         stop_process(simulator)
         config.write_text(plain)
@@ -174,6 +189,7 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, default=None)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-ota", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="idle agents per memory figure")
     args = parser.parse_args()
     emit("machine", python=platform.python_version(), arch=platform.machine(),
          cpus=psutil.cpu_count())  # fmt: skip
@@ -190,7 +206,7 @@ def main() -> None:
                 ratio=round(goodput / raw, 3), whole_update_s=round(ota["total_s"], 2),
             )  # fmt: skip
         if not args.skip_memory:
-            memory_figures(workdir, args.idle, args.baseline_tree)
+            memory_figures(workdir, args.idle, args.baseline_tree, args.runs)
 
 
 if __name__ == "__main__":
