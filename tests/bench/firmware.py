@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from firmware_testing import make_key, put_image, running_bridge, sign_image
-from footprint import init_agent, memory
+from footprint import init_agent
 from lattice_testing import CLI, AgentProcess, start_nats_server, stop_process, wait_until
 
 from agent.config import FirmwareDevice
@@ -112,6 +112,12 @@ async def ota_once(workdir: Path, baud: int, image_kb: int) -> dict[str, float]:
     return {"bytes": size, "upload_s": upload_s, "total_s": total_s}
 
 
+def memory(pid: int) -> dict[str, float]:
+    """RSS, PSS and USS (the pages only this process has: the steadiest of the three)."""
+    info = psutil.Process(pid).memory_full_info()
+    return {key: round(getattr(info, key) / 2**20, 1) for key in ("rss", "pss", "uss")}
+
+
 def whole_stack(agent: AgentProcess) -> dict[str, object]:
     assert agent.process is not None
     leaf_pid = agent.leaf_pid()
@@ -119,7 +125,7 @@ def whole_stack(agent: AgentProcess) -> dict[str, object]:
     agent_mem, leaf_mem = memory(agent.process.pid), memory(leaf_pid)
     workers = [memory(c.pid) for c in psutil.Process(agent.process.pid).children()
                if c.pid != leaf_pid]  # fmt: skip
-    total = agent_mem["pss_mb"] + leaf_mem["pss_mb"] + sum(w["pss_mb"] for w in workers)
+    total = agent_mem["pss"] + leaf_mem["pss"] + sum(w["pss"] for w in workers)
     return {"agent": agent_mem, "nats_server": leaf_mem, "workers": workers,
             "whole_stack_pss_mb": round(total, 1)}  # fmt: skip
 
@@ -140,6 +146,12 @@ def change(after: dict[str, object], before: dict[str, object]) -> float:
     return round(
         float(str(after["whole_stack_pss_mb"])) - float(str(before["whole_stack_pss_mb"])), 1
     )
+
+
+def agent_uss(stack: dict[str, object]) -> float:
+    agent = stack["agent"]
+    assert isinstance(agent, dict)
+    return round(float(agent["uss"]), 1)
 
 
 def median_stack(runs: list[dict[str, object]]) -> dict[str, object]:
@@ -167,6 +179,7 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None, runs:
         base = median_stack(theirs)
         figures["baseline_tree_without_firmware"] = base
         figures["no_device_change_mb"] = change(without, base)
+        figures["no_device_agent_uss_change_mb"] = round(agent_uss(without) - agent_uss(base), 1)
     link = workdir / "tty-mem"
     simulator = subprocess.Popen([CLI, "firmware", "simulate", "--pty", "--link", str(link)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -179,6 +192,7 @@ def memory_figures(workdir: Path, idle: float, baseline_tree: Path | None, runs:
         config.write_text(plain)
     figures["with_one_device"] = with_one
     figures["one_device_costs_mb"] = change(with_one, without)
+    figures["one_device_agent_uss_mb"] = round(agent_uss(with_one) - agent_uss(without), 1)
     emit("whole_stack_memory", **figures)
 
 

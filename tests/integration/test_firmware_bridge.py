@@ -4,6 +4,7 @@ real pty (and UDP) in its own thread: endpoints, telemetry, signed OTA and its f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,12 @@ async def test_signed_ota_ends_confirmed_on_the_new_version(
             info, _ = await harness.call("mcu0", "info")
             assert info["last_update"]["outcome"] == "succeeded"
             assert info["images"][0]["version"] == version
+            # The image is in the module cache now: a sha256: reference needs no fetch.
+            digest = hashlib.sha256(images[kind].read_bytes()).hexdigest()
+            again, _ = await harness.call("mcu0", "update", {"image": f"sha256:{digest}"})
+            repeat = await harness.finished(again["update_id"])
+            assert repeat["type"].endswith("succeeded"), repeat
+            assert repeat["data"]["message"] == f"already running {version}"
 
 
 async def test_ota_over_udp(
