@@ -383,7 +383,7 @@ class Host:
     async def _start_firmware(self, tasks: asyncio.TaskGroup) -> None:
         """The firmware bridge, only with ``[[firmware.devices]]`` (its imports cost memory)."""
         if self.config.firmware.devices:
-            from firmware_bridge.bridge import start_bridge
+            from firmware_bridge import start_bridge
 
             self.firmware = await start_bridge(self, tasks)
 

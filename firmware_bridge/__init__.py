@@ -20,3 +20,41 @@ them. The layers, from the wire up:
 
 Nothing here is imported by the agent unless ``[[firmware.devices]]`` is configured.
 """
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from firmware_bridge.bridge import FirmwareBridge
+
+__all__ = ["require", "start_bridge"]
+
+_NEEDS = {
+    "bridge": ("serial", "serial_asyncio_fast", "cbor2", "imgtool"),
+    "simulator": ("smp", "cbor2"),
+}
+
+
+def require(part: str = "bridge") -> None:
+    """Raise a :class:`~agent.errors.ConfigError` naming the extra when a dependency is missing."""
+    from agent.errors import ConfigError
+
+    missing = [name for name in _NEEDS[part] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the firmware {part} needs the 'firmware' extra ({', '.join(missing)} missing): "
+            "pip install 'lattice-edge[firmware]'",
+            key="firmware.devices" if part == "bridge" else None,
+        )
+
+
+async def start_bridge(host: Any, tasks: asyncio.TaskGroup) -> FirmwareBridge:
+    """Start the bridge for a running host (see :func:`firmware_bridge.bridge.start_bridge`)."""
+    require("bridge")
+    from firmware_bridge.bridge import start_bridge as start
+
+    return await start(host, tasks)

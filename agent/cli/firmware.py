@@ -352,6 +352,9 @@ def firmware_simulate(
     """Run a simulated MCU (SMP server with MCUboot's two slots) until interrupted."""
     if use_pty == (udp is not None):
         raise click.UsageError("choose one of --pty or --udp HOST:PORT")
+    from firmware_bridge import require
+
+    require("simulator")
     from firmware_bridge.simulator import Faults, PtyServer, SimulatedMCU, UdpServer
 
     setup_logging("info")

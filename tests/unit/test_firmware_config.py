@@ -110,3 +110,22 @@ def test_the_agent_does_not_import_the_bridge_without_devices() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True)  # fmt: skip
     assert result.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import firmware_bridge
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cbor2" else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError, match=r"needs the 'firmware' extra \(cbor2 missing\)"
+    ) as caught:
+        firmware_bridge.require("bridge")
+    assert caught.value.key == "firmware.devices"
+    monkeypatch.undo()
+    firmware_bridge.require("bridge")
+    firmware_bridge.require("simulator")
