@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from agent.errors import ConfigError
 from agent.identity.keys import KeyKind, is_public_key
@@ -24,6 +24,8 @@ __all__ = [
     "CONFIG_ENV",
     "ActorSettings",
     "Config",
+    "FirmwareDevice",
+    "FirmwareSettings",
     "HostPort",
     "HostSettings",
     "LeafSettings",
@@ -137,6 +139,33 @@ class ActorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FirmwareDevice:
+    """One microcontroller on the firmware bridge (``[[firmware.devices]]``)."""
+
+    name: str
+    transport: Literal["serial", "udp"]
+    port: str | None  # serial device path
+    baud: int
+    address: HostPort | None  # udp
+    stat_groups: tuple[str, ...] | None  # None: every group the device lists
+    timeout_s: float  # one SMP request attempt; retransmitted on expiry
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareSettings:
+    """The firmware bridge (``[firmware]``); no devices means the bridge is not loaded."""
+
+    trusted_keys: tuple[Path, ...]
+    telemetry_period_s: float | None  # None: the board profile's telemetry_interval_s
+    health_window_s: float
+    return_timeout_s: float
+    devices: tuple[FirmwareDevice, ...]
+
+
+NO_FIRMWARE = FirmwareSettings((), None, 5.0, 60.0, ())
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is None for the embedded default."""
 
@@ -149,6 +178,7 @@ class Config:
     actors: ActorSettings = ActorSettings((), False, ())
     log_format: str = "text"
     source: Path | None = None
+    firmware: FirmwareSettings = field(default_factory=lambda: NO_FIRMWARE)
 
     @property
     def keys_dir(self) -> Path:
@@ -539,6 +569,7 @@ def parse_config(
         actors=actors,
         log_format=log_format,
         source=source,
+        firmware=_parse_firmware(raw.get("firmware"), source, path_of, overrides),
     )
 
 
@@ -576,7 +607,7 @@ def _local_users(
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
-_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log")
+_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log", "firmware")
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -612,3 +643,104 @@ def _env_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+# --- [firmware] ------------------------------------------------------------------------
+
+_STAT_GROUP = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _parse_firmware(
+    table: Any,
+    source: Path | None,
+    path_of: Callable[[Any], Path],
+    overrides: Mapping[str, tuple[str, str]] | None,
+) -> FirmwareSettings:
+    """``[firmware]`` and its ``[[firmware.devices]]``; absent means no bridge."""
+    if table is None:
+        return NO_FIRMWARE
+    fw = _Reader(table, "firmware", source, overrides)
+    fw.reject_unknown(
+        {"trusted_keys", "telemetry_period_s", "health_window_s", "return_timeout_s", "devices"}
+    )
+    no_keys: tuple[str, ...] = ()
+    keys = tuple(path_of(k) for k in fw.get("trusted_keys", no_keys, _string_list))
+    period = fw.get("telemetry_period_s", None, _positive)
+    raw_devices = fw.table.get("devices", [])
+    if not isinstance(raw_devices, list):
+        raise fw.error("devices", "must be an array of tables ([[firmware.devices]])")
+    devices: list[FirmwareDevice] = []
+    for index, entry in enumerate(raw_devices):
+        device = _parse_firmware_device(entry, index, source, overrides)
+        if any(d.name == device.name for d in devices):
+            raise ConfigError(
+                f"device name '{device.name}' is used twice",
+                key=f"firmware.devices[{index}].name",
+                source=source,
+            )
+        devices.append(device)
+    return FirmwareSettings(
+        trusted_keys=keys,
+        telemetry_period_s=period,
+        health_window_s=fw.get("health_window_s", NO_FIRMWARE.health_window_s, _positive),
+        return_timeout_s=fw.get("return_timeout_s", NO_FIRMWARE.return_timeout_s, _positive),
+        devices=tuple(devices),
+    )
+
+
+def _parse_firmware_device(
+    entry: Any, index: int, source: Path | None, overrides: Mapping[str, tuple[str, str]] | None
+) -> FirmwareDevice:
+    d = _Reader(entry, f"firmware.devices[{index}]", source, overrides)
+    d.reject_unknown({"name", "transport", "port", "baud", "address", "stat_groups", "timeout_s"})
+    if "name" not in d.table:
+        raise d.error("name", "every device needs a name")
+    name = d.get("name", "", _name)
+
+    def transport_of(value: Any) -> Literal["serial", "udp"]:
+        text = _string(value)
+        if text == "serial":
+            return "serial"
+        if text == "udp":
+            return "udp"
+        raise ValueError(f"must be 'serial' or 'udp', got '{text}'")
+
+    def device_path(value: Any) -> str:
+        text = _string(value)
+        if not text.startswith("/"):
+            raise ValueError(f"'{text}' must be an absolute device path like /dev/ttyACM0")
+        return text
+
+    def baud_rate(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 12_000_000:
+            raise ValueError(f"must be a baud rate between 50 and 12000000, got {value!r}")
+        return value
+
+    def stat_group_names(value: Any) -> tuple[str, ...]:
+        names = _string_list(value)
+        for group in names:
+            if not _STAT_GROUP.match(group):
+                raise ValueError(f"'{group}' must be 1-32 letters, digits, '-' or '_'")
+        return names
+
+    default: Literal["serial", "udp"] = "serial"
+    transport = d.get("transport", default, transport_of)
+    port = d.get("port", None, device_path)
+    address = d.get("address", None, _host_port)
+    if transport == "serial" and port is None:
+        raise d.error("port", "a serial device needs port (e.g. /dev/ttyACM0)")
+    if transport == "udp" and address is None:
+        raise d.error("address", "a udp device needs address (host:port, mcumgr uses 1337)")
+    if transport == "serial" and address is not None:
+        raise d.error("address", "is for udp devices; a serial device has port and baud")
+    if transport == "udp" and (port is not None or "baud" in d.table):
+        raise d.error("port" if port is not None else "baud", "is for serial devices")
+    return FirmwareDevice(
+        name=name,
+        transport=transport,
+        port=port,
+        baud=d.get("baud", 115200, baud_rate),
+        address=address,
+        stat_groups=d.get("stat_groups", None, stat_group_names),
+        timeout_s=d.get("timeout_s", 1.5, _positive),
+    )

@@ -48,11 +48,18 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   │       ├── CapabilityTimeout       the backend did not answer in time
     │   │       └── CapabilityUnavailable   the backend (NATS, JetStream) failed or is full
     │   └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
-    └── LatticeError                a lattice subject or message is malformed or refused
-        ├── ControlRequestError     a control request body is malformed (names the field)
-        └── InvocationError         an RPC Invocation/InvocationResponse is malformed
-            ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
-            └── ChunkedInvocationError  its body went to the object store (unsupported)
+    ├── LatticeError                a lattice subject or message is malformed or refused
+    │   ├── ControlRequestError     a control request body is malformed (names the field)
+    │   └── InvocationError         an RPC Invocation/InvocationResponse is malformed
+    │       ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
+    │       └── ChunkedInvocationError  its body went to the object store (unsupported)
+    └── FirmwareError               a microcontroller, its link or a firmware image failed
+        ├── SMPFrameError           an SMP frame or message is malformed (names the problem)
+        ├── DeviceUnavailable       the MCU is offline or did not answer in time
+        ├── DeviceError             the MCU answered with an SMP error code (``rc``)
+        ├── DeviceBusy              an update already runs on the MCU
+        ├── ImageRejected           unsigned, untrusted, tampered or truncated (``reason``)
+        └── UpdateFailed            an update ended without the new image (``outcome``)
 """
 
 from __future__ import annotations
@@ -320,3 +327,61 @@ class ChunkedInvocationError(InvocationError):
     The agent does not fetch chunked bodies: senders must stay under wasmCloud's chunking
     threshold (900 KiB).
     """
+
+
+# --- firmware bridge -----------------------------------------------------------------
+
+
+class FirmwareError(LatticeEdgeError):
+    """A microcontroller on the firmware bridge, its link, or a firmware image failed."""
+
+
+class SMPFrameError(FirmwareError):
+    """An SMP frame, line or message is malformed; the message names the problem."""
+
+
+class DeviceUnavailable(FirmwareError):
+    """The MCU is offline (its port is absent) or did not answer within its retries."""
+
+
+class DeviceError(FirmwareError):
+    """The MCU answered a request with an SMP error code.
+
+    ``rc`` is the code and ``group`` the management group that reported it (SMP v2), or
+    None for an SMP v1 ``rc``.
+    """
+
+    def __init__(self, message: str, *, rc: int, group: int | None = None):
+        self.rc = rc
+        self.group = group
+        super().__init__(message)
+
+
+class DeviceBusy(FirmwareError):
+    """The MCU is being updated; the request would disturb the update."""
+
+
+class ImageRejected(FirmwareError):
+    """A firmware image was refused before any of it was sent to the MCU.
+
+    ``reason`` is one of ``unsigned``, ``untrusted``, ``tampered``, ``truncated``,
+    ``malformed`` or ``no_trusted_keys``.
+    """
+
+    def __init__(self, message: str, *, reason: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class UpdateFailed(FirmwareError):
+    """A firmware update ended without the new image running (and confirmed, if asked).
+
+    ``outcome`` is ``rolled_back`` (MCUboot reverted to the old image), ``lost`` (the MCU
+    did not come back) or ``failed`` (any other step failed; the old image still runs or
+    the upload can be resumed).
+    """
+
+    def __init__(self, message: str, *, outcome: str, step: str = ""):
+        self.outcome = outcome
+        self.step = step
+        super().__init__(message)

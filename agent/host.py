@@ -1,10 +1,11 @@
 """The composition root: what starts, in which order, and how it stops.
 
 Start-up: data-directory lock → config → identity → board profile → leaf config → leaf
-node ready → NATS connection → desired state restored → lattice → run file →
-``READY=1``. Shutdown reverses it, each step bounded: stop taking requests, drain NATS,
-lame-duck and stop the leaf, remove the run file, release the lock. SIGTERM and SIGINT
-request shutdown; a second SIGINT forces it.
+node ready → NATS connection → desired state restored → lattice → firmware bridge (when
+MCUs are configured) → run file → ``READY=1``. Shutdown reverses it, each step bounded:
+stop taking requests, stop the firmware bridge, drain NATS, lame-duck and stop the leaf,
+remove the run file, release the lock. SIGTERM and SIGINT request shutdown; a second
+SIGINT forces it.
 
 Every background task runs under :class:`~agent.background.Background`'s one error
 policy, so nothing but shutdown ends the host. A host is made by
@@ -135,6 +136,7 @@ class Host:
         self.registry: ActorRegistry | None = None
         self.control: ControlServer | None = None
         self.rpc: RpcServer | None = None
+        self.firmware: Any = None  # firmware_bridge.bridge.FirmwareBridge when MCUs are configured
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self.keeper = StateKeeper(self.state_store, self._running_state)
@@ -238,6 +240,7 @@ class Host:
                 await self._start_lattice(registry)
                 assert self.background is not None
                 self.background.spawn(self._keep_state_saved(), what="state file retry")
+                await self._start_firmware(tasks)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
                 self.state = HostState.RUNNING
@@ -251,10 +254,12 @@ class Host:
                 self.notifier.stopping()
                 logger.info("shutting down")
                 await self._stop_lattice()
+                await self._stop_firmware()
                 await self._drain()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            await self._stop_firmware()
             if self.background is not None:
                 self.background.cancel_all()
             await self._shutdown()
@@ -413,6 +418,18 @@ class Host:
     async def _answer_health(self, msg: Any) -> None:
         if msg.reply:
             await msg.respond(json.dumps(self.health()).encode())
+
+    async def _start_firmware(self, tasks: asyncio.TaskGroup) -> None:
+        """The firmware bridge, only with ``[[firmware.devices]]`` (its imports cost memory)."""
+        if self.config.firmware.devices:
+            from firmware_bridge import start_bridge
+
+            self.firmware = await start_bridge(self, tasks)
+
+    async def _stop_firmware(self) -> None:
+        if self.firmware is not None:
+            firmware, self.firmware = self.firmware, None
+            await firmware.stop()
 
     async def _changed(self) -> None:
         """Actors or links changed (the keeper has saved them): follow with subscriptions."""
