@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.background import Background
@@ -53,6 +53,9 @@ from agent.resources import device_resources
 from agent.runtime.sandbox import Sandbox
 from agent.state import DesiredState, StateKeeper, StateStore
 from agent.systemd import Notifier
+
+if TYPE_CHECKING:
+    from agent.capabilities.subscriptions import Subscriptions
 
 __all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host", "run_host"]
 
@@ -198,6 +201,7 @@ class Host:
         self.registry: ActorRegistry | None = None
         self.control: ControlServer | None = None
         self.rpc: RpcServer | None = None
+        self.subscriptions: Subscriptions | None = None  # wasmcloud:messaging SUBSCRIPTION links
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self.keeper = StateKeeper(self.state_store, self._running_state)
@@ -377,7 +381,11 @@ class Host:
             cluster_key=self.keys.cluster,
         )
         router = HostCallRouter(
-            caps_of, self.links, capabilities=await self._capabilities(), lattice=caller
+            caps_of,
+            self.links,
+            capabilities=await self._capabilities(),
+            lattice=caller,
+            linked_in_host=("wasmcloud:messaging",),  # the host is its provider
         )
         if self.config.leaf.jetstream:
             await self._module_bucket()
@@ -425,6 +433,10 @@ class Host:
         )
         data_dir = self.config.host.data_dir
         assert self.background is not None
+        from agent.capabilities.subscriptions import Subscriptions
+
+        self.subscriptions = Subscriptions(self.nats, registry, self.links, self.background)
+        self.health_sections["subscriptions"] = self.subscriptions.health
         self.control = ControlServer(
             self.nats,
             facts,
@@ -436,6 +448,7 @@ class Host:
             on_stop=self.request_stop,
             resources=lambda: device_resources(data_dir),
             health=self.health,
+            check_link=self.subscriptions.check_link,
         )
         self.rpc = RpcServer(
             self.nats,
@@ -447,6 +460,7 @@ class Host:
             emit_rpc_event=self.control.emit_rpc,
         )
         await self.rpc.sync()
+        await self.subscriptions.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
         await self.nats.subscribe(subjects.agent_health(self.keys.host_id), cb=self._answer_health)
 
@@ -458,6 +472,8 @@ class Host:
         """Actors or links changed (the keeper has saved them): follow with subscriptions."""
         if self.rpc is not None:
             await self.rpc.sync()
+        if self.subscriptions is not None:
+            await self.subscriptions.sync()
 
     def health(self) -> dict[str, Any]:
         """The agent's own condition, for the heartbeat and ``status``.
@@ -490,6 +506,8 @@ class Host:
             await self.control.stop()
         if self.rpc is not None:
             await self.rpc.close()
+        if self.subscriptions is not None:
+            await self.subscriptions.close()
 
     async def _module_bucket(self) -> None:
         """The object store the local CLI uploads modules to (``actor start FILE``)."""
