@@ -47,6 +47,7 @@ from agent.lattice.refs import MODULE_BUCKET, FetchPolicy, ModuleCache
 from agent.lattice.rpc import LatticeRpcClient, RpcServer
 from agent.leaf.access import LocalAccess, LocalUser, agent_inbox_prefix
 from agent.leaf.binary import NatsServer, find_nats_server
+from agent.leaf.mqtt import MqttListener, MqttUser, is_loopback
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
 from agent.resources import device_resources
@@ -145,7 +146,29 @@ def _prepare(config: Config, lock: DataDirLock, *, create_keys: bool, demo: bool
         users=tuple(_local_user(user) for user in config.leaf.local_users),
         anonymous=config.leaf.allow_anonymous,
     )
-    return Host(config, keys=keys, board=board, server=server, access=access, lock=lock, demo=demo)
+    return Host(
+        config,
+        keys=keys,
+        board=board,
+        server=server,
+        access=access,
+        lock=lock,
+        demo=demo,
+        mqtt=_mqtt_listener(config),
+    )
+
+
+def _mqtt_listener(config: Config) -> MqttListener | None:
+    """The MQTT listener with the MCUs' secrets read (CredsError names a bad file)."""
+    leaf = config.leaf
+    if leaf.mqtt_listen is None:
+        return None
+    users = tuple(
+        MqttUser(user.name, read_password_file(user.secret_file), user.subjects)
+        for user in leaf.mqtt_users
+    )
+    anonymous = not users and leaf.allow_anonymous and is_loopback(leaf.mqtt_listen.host)
+    return MqttListener(str(leaf.mqtt_listen), users, anonymous=anonymous)
 
 
 def _local_user(settings: LocalUserSettings) -> LocalUser:
@@ -174,9 +197,11 @@ class Host:
         access: LocalAccess,
         lock: DataDirLock | None = None,
         demo: bool = False,
+        mqtt: MqttListener | None = None,
     ) -> None:
         self.config = config
         self.access = access
+        self.mqtt = mqtt
         self.lock = lock
         self.demo = demo
         self.demo_greeting: str | None = None
@@ -255,6 +280,7 @@ class Host:
             sync_interval=self.config.leaf.sync_interval,
             upstream=self.config.upstream,
             access=self.access,
+            mqtt=self.mqtt,
         )
         rendered = render(plan, self.server.version)
         # 0600: it names the local users' passwords.
