@@ -264,9 +264,7 @@ async def test_publishes_outside_the_mcus_topics_are_dropped_by_the_server(site:
 async def test_status_shows_the_mqtt_connections(site: Site) -> None:
     with site.mcu("esp32-1", "esp1", "esp1-password"):
         assert site.config.source is not None
-        result = await asyncio.to_thread(
-            run_cli, "status", "--config", str(site.config.source)
-        )
+        result = await asyncio.to_thread(run_cli, "status", "--config", str(site.config.source))
         assert "mqtt     : 127.0.0.1:" in result.stdout
         assert "1 connection(s)" in result.stdout
         assert "esp1 (client esp32-1)" in result.stdout

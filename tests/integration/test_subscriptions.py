@@ -80,7 +80,9 @@ class Device:
         return reply
 
     async def health(self) -> dict[str, Any]:
-        reply: dict[str, Any] = await self.client.request(f"lattice-edge.host.{self.host_id}.health")
+        reply: dict[str, Any] = await self.client.request(
+            f"lattice-edge.host.{self.host_id}.health"
+        )
         return reply
 
     async def subscriptions(self) -> list[dict[str, Any]]:
@@ -297,8 +299,11 @@ async def test_a_flood_leaves_the_agent_responsive_and_counts_drops(device: Devi
     assert msgpack.unpackb(health.response) == {"healthy": True}
 
     def settled(s: list[dict[str, Any]]) -> bool:
-        return bool(s) and s[0]["received"] == total and s[0]["queued"] == 0 and (
-            s[0]["delivered"] + s[0]["dropped"] == total
+        return (
+            bool(s)
+            and s[0]["received"] == total
+            and s[0]["queued"] == 0
+            and (s[0]["delivered"] + s[0]["dropped"] == total)
         )
 
     (entry,) = await eventually(lambda: _when(device.subscriptions(), settled), timeout=60)
