@@ -146,8 +146,12 @@ async def site(
         async with connect(host.client_url, seed=seed) as client:
             ref = f"file://{third_party_dir / 'echo_messaging_v0.9.0.wasm'}"
             await client.start_actor(host.keys.host_id, ref, 1, timeout=20)
-            link = {"actor_id": ECHO_ACTOR, "contract_id": "wasmcloud:messaging",
-                    "provider_id": "VNATS", "values": {"SUBSCRIPTION": "mcu.>,sensors.>"}}  # fmt: skip
+            link = {
+                "actor_id": ECHO_ACTOR,
+                "contract_id": "wasmcloud:messaging",
+                "provider_id": "VNATS",
+                "values": {"SUBSCRIPTION": "mcu.>,sensors.>"},
+            }
             assert (await client.request(f"{CTL}.linkdefs.put", link))["accepted"]
             yield Site(host, client, port, config)
 

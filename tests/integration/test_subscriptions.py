@@ -89,6 +89,19 @@ class Device:
         subscriptions: list[dict[str, Any]] = (await self.health())["subscriptions"]
         return subscriptions
 
+    async def wait(
+        self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The subscriptions report, once ``predicate`` holds for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = await self.subscriptions()
+            if predicate(report):
+                return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached in {timeout} s: {report!r}")
+            await asyncio.sleep(0.05)
+
 
 @pytest.fixture
 def issuer() -> KeyPair:
@@ -113,17 +126,6 @@ async def device(tmp_path: Path, third_party_dir: Path, issuer: KeyPair) -> Asyn
         yield running
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout} s: {result!r}")
-        await asyncio.sleep(0.05)
-
-
 async def test_subscribed_messages_reach_the_actor_and_its_replies_come_back(
     device: Device,
 ) -> None:
@@ -140,20 +142,13 @@ async def test_subscribed_messages_reach_the_actor_and_its_replies_come_back(
     await device.app.publish("sensors.hall.temp", b"19.0")
     await device.app.flush()
 
-    (entry,) = await eventually(
-        lambda: _when(device.subscriptions(), lambda s: s and s[0].get("delivered") == 3)
-    )
+    (entry,) = await device.wait(lambda s: s and s[0].get("delivered") == 3)
     assert entry["state"] == "subscribed" and entry["actor_id"] == actor
     assert entry["subjects"] == ["echo.in", "sensors.*.temp|workers"]
     assert entry["dropped"] == 0 and entry["errors"] == 0
     # The link says which provider wasmCloud would use; on the device the host serves it.
     links = (await device.client.request(f"{CTL}.get.links"))["links"]
     assert links[0]["values"] == values
-
-
-async def _when(coro: Any, predicate: Callable[[Any], Any]) -> Any:
-    value = await coro
-    return value if predicate(value) else None
 
 
 async def test_deleting_the_link_stops_deliveries(device: Device) -> None:
@@ -182,9 +177,7 @@ async def test_subscriptions_come_back_after_a_restart(
         assert (await first.app.request("echo.in", b"before", timeout=10)).data == b"reply: before"
     async for second in _device(config, third_party_dir):
         assert (await second.app.request("echo.in", b"after", timeout=10)).data == b"reply: after"
-        (entry,) = await eventually(
-            lambda: _when(second.subscriptions(), lambda s: s and s[0].get("delivered") == 1)
-        )
+        (entry,) = await second.wait(lambda s: s and s[0].get("delivered") == 1)
         assert entry["state"] == "subscribed"
 
 
@@ -228,9 +221,7 @@ async def test_a_link_waits_for_its_actor_and_never_delivers_without_the_claim(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(signed)
     await device.client.start_actor(device.host_id, f"file://{path}", 1, timeout=20)
-    (entry,) = await eventually(
-        lambda: _when(device.subscriptions(), lambda s: s and s[0]["state"].startswith("refused"))
-    )
+    (entry,) = await device.wait(lambda s: s and s[0]["state"].startswith("refused"))
     assert "lacks the wasmcloud:messaging claim" in entry["state"]
     with pytest.raises(nats.errors.NoRespondersError):
         await device.app.request("echo.in", b"x", timeout=2)
@@ -272,9 +263,7 @@ async def test_actor_errors_are_counted_and_the_subscription_carries_on(
     for index in range(30):
         await device.app.publish(f"boom.{index}", b"x")
     await device.app.flush()
-    (entry,) = await eventually(
-        lambda: _when(device.subscriptions(), lambda s: s and s[0].get("errors") == 30)
-    )
+    (entry,) = await device.wait(lambda s: s and s[0].get("errors") == 30)
     assert entry["delivered"] == 0 and "unreachable" in (entry["last_error"] or "").lower()
     failures = [r for r in caplog.records if "failed to handle a message" in r.getMessage()]
     assert 1 <= len(failures) < 30  # rate-limited
@@ -306,7 +295,7 @@ async def test_a_flood_leaves_the_agent_responsive_and_counts_drops(device: Devi
             and (s[0]["delivered"] + s[0]["dropped"] == total)
         )
 
-    (entry,) = await eventually(lambda: _when(device.subscriptions(), settled), timeout=60)
+    (entry,) = await device.wait(settled, timeout=60)
     assert entry["dropped"] > 0, entry  # the bounded queue overflowed, oldest first
     assert entry["delivered"] + entry["dropped"] == total
     assert entry["errors"] == 0
