@@ -24,6 +24,7 @@ from agent.config import Config, load_config
 from agent.host import Host, run_host
 from agent.lattice.client import LatticeClient, connect
 from agent.leaf.binary import find_nats_server
+from agent.runtime.demo import DEMO_ISSUER
 
 paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 ECHO_ISSUER = "ABRK5MP6QRTH7HXOVP2PR2TLDW6DPLBAF3LTGVWQRFVEF7W5VOUMACXB"
 ECHO_ACTOR = "MDJ5BWS6JXSWOZL2ZENW2D4FBSHQ5ZMFGEGJB33TLKYKMXTLLAXINU36"
 CTL = "wasmbus.ctl.default"
+GUESTS = REPO / "tests" / "fixtures" / "guests"
 
 
 def old_server() -> Path:
@@ -113,8 +115,8 @@ def write_config(root: Path, third_party: Path, binary: Path | None, mqtt_port: 
         "[[leaf.mqtt_users]]\nname = 'esp2'\n"
         f"token_file = '{secret(root, 'esp2', 'esp2-token')}'\n"
         "topics = ['sensors/esp2/#', 'cmd/esp2/+']\n"
-        f"[trust]\ntrusted_issuers = ['{ECHO_ISSUER}']\n"
-        f"[actors]\nfile_roots = ['{third_party}']\n"
+        f"[trust]\ntrusted_issuers = ['{ECHO_ISSUER}', '{DEMO_ISSUER}']\n"
+        f"[actors]\nfile_roots = ['{third_party}', '{GUESTS}']\n"
     )
     return load_config(path, env={})
 
@@ -273,3 +275,36 @@ async def test_status_shows_the_mqtt_connections(site: Site) -> None:
         assert "1 connection(s)" in result.stdout
         assert "esp1 (client esp32-1)" in result.stdout
         assert "messages : " + ECHO_ACTOR + " subscribed mcu.>, sensors.>" in result.stdout
+
+
+async def test_an_actor_keeps_a_running_average_of_mcu_telemetry_offline(site: Site) -> None:
+    """The docs' example: MQTT telemetry → SUBSCRIPTION → actor → wasmcloud:keyvalue."""
+    host_id = site.host.keys.host_id
+    started = await site.client.start_actor(
+        host_id, f"file://{GUESTS / 'average.wasm'}", 1, timeout=20
+    )
+    actor = started["public_key"]
+    link = {"actor_id": actor, "contract_id": "wasmcloud:messaging", "provider_id": "VNATS",
+            "values": {"SUBSCRIPTION": "mcu.*.temp"}}  # fmt: skip
+    assert (await site.client.request(f"{CTL}.linkdefs.put", link))["accepted"]
+    with site.mcu("esp32-1", "esp1", "esp1-password") as mcu:
+        for reading in (b"210", b"220", b"235"):  # tenths of a degree
+            last = mcu.publish("mcu/esp1/temp", reading, qos=1)
+        await until(lambda: last in mcu.acked)
+        mcu.publish("mcu/esp1/temp", b"21.5", qos=1)  # not an integer: the actor refuses it
+
+    async def average() -> dict[str, Any] | None:
+        report = await site.subscriptions()
+        entry = next(e for e in report if e["actor_id"] == actor)
+        return entry if entry.get("delivered", 0) + entry.get("errors", 0) >= 4 else None
+
+    deadline = time.monotonic() + 10
+    while (entry := await average()) is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert entry["delivered"] == 3 and entry["errors"] == 1
+    assert "body is not an integer" in entry["last_error"]
+    js = site.client.nats.jetstream()
+    bucket = await js.key_value("LATTICE_EDGE_KV")
+    values = {k: (await bucket.get(f"mcu.esp1.temp.{k}")).value for k in ("sum", "count", "avg")}
+    assert values == {"sum": b"665", "count": b"3", "avg": b"221"}
