@@ -165,11 +165,79 @@ async def bench(args: argparse.Namespace, agent: AgentProcess, url: str, host_id
             bare.wait()
 
 
+def memory(pid: int) -> dict[str, float]:
+    """PSS (MB) of the agent and of its nats-server child."""
+    agent = psutil.Process(pid)
+    leaf = [c for c in agent.children() if "nats-server" in c.name()]
+    return {
+        "agent_pss_mb": round(agent.memory_full_info().pss / 2**20, 1),
+        "leaf_pss_mb": round(sum(c.memory_full_info().pss for c in leaf) / 2**20, 1),
+    }
+
+
+def init_agent(root: Path, port: int, extra: str = "") -> AgentProcess:
+    config = root / "agent.toml"
+    init = run_cli(
+        "init", "--config", str(config), "--data-dir", str(root / "data"),
+        "--listen", f"127.0.0.1:{port}", "--monitor", f"127.0.0.1:{free_port()}",
+        "--trust-issuer", ECHO_ISSUER,
+    )  # fmt: skip
+    if init.returncode != 0:
+        raise SystemExit(init.stderr)
+    text = config.read_text()
+    if extra:
+        text = text.replace("[leaf]\n", "[leaf]\n" + extra, 1)
+    config.write_text(text + f"\n[actors]\nfile_roots = ['{fixtures()}']\n")
+    return AgentProcess(config, root / "data")
+
+
+def mqtt_footprint(root: Path, idle: float) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    figures: dict[str, dict[str, float]] = {}
+    secret = root / "esp1.pw"
+    secret.write_text("bench-password\n")
+    secret.chmod(0o600)
+    mqtt_port = free_port()
+    extra = (
+        f"mqtt_listen = '127.0.0.1:{mqtt_port}'\n"
+        f"mqtt_users = [{{name = 'esp1', password_file = '{secret}'}}]\n"
+    )
+    for label, config_extra in (("without_mqtt", ""), ("with_mqtt", extra)):
+        agent = init_agent(root / label, free_port(), config_extra).start()
+        client = None
+        try:
+            agent.wait_ready()
+            if config_extra:
+                client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="esp32-1")
+                client.username_pw_set("esp1", "bench-password")
+                client.connect("127.0.0.1", mqtt_port)
+                client.loop_start()
+                client.subscribe("mcu/esp1/cmd", qos=1)
+            time.sleep(idle)
+            assert agent.process is not None
+            figures[label] = memory(agent.process.pid)
+        finally:
+            if client is not None:
+                client.disconnect()
+                client.loop_stop()
+            agent.terminate()
+    emit(
+        "mqtt_listener_footprint_idle",
+        **{f"{label}_{key}": value for label, row in figures.items() for key, value in row.items()},
+        leaf_delta_mb=round(
+            figures["with_mqtt"]["leaf_pss_mb"] - figures["without_mqtt"]["leaf_pss_mb"], 1
+        ),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--window", type=int, default=64, help="outstanding messages")
     parser.add_argument("--instances", type=int, default=1, help="instances of the actor")
+    parser.add_argument("--idle", type=float, default=5.0, help="idle seconds before memory")
     args = parser.parse_args()
     server = find_nats_server()
     emit("machine", python=platform.python_version(), arch=platform.machine(),
@@ -177,22 +245,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         port = free_port()
-        config = root / "agent.toml"
-        init = run_cli(
-            "init", "--config", str(config), "--data-dir", str(root / "data"),
-            "--listen", f"127.0.0.1:{port}", "--monitor", f"127.0.0.1:{free_port()}",
-            "--trust-issuer", ECHO_ISSUER,
-        )  # fmt: skip
-        if init.returncode != 0:
-            raise SystemExit(init.stderr)
-        with config.open("a") as extra:
-            extra.write(f"\n[actors]\nfile_roots = ['{fixtures()}']\n")
-        agent = AgentProcess(config, root / "data").start()
+        agent = init_agent(root / "throughput", port).start()
         try:
             state = agent.wait_ready()
             asyncio.run(bench(args, agent, f"nats://127.0.0.1:{port}", state["host_id"]))
         finally:
             agent.terminate()
+        mqtt_footprint(root, args.idle)
 
 
 if __name__ == "__main__":
