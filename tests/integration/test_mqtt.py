@@ -259,7 +259,7 @@ async def test_publishes_outside_the_mcus_topics_are_dropped_by_the_server(site:
             await observer.publish("mcu.esp1.cmd", b"led on")
             await observer.flush()
             await until(lambda: ("mcu/esp1/cmd", b"led on") in mcu.received)
-        entry = await delivered(site, 1)
+        entry = await delivered(site, 2)
     finally:
         await observer.close()
     forged = [s for s in seen if s in ("mcu.esp2.temp", "sensors.esp2.humidity")]
