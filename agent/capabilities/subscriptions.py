@@ -186,6 +186,7 @@ class LinkState(enum.Enum):
     SUBSCRIBED = "subscribed"
     WAITING = "waiting for the actor"  # the actor does not run on this host
     REFUSED = "refused: the actor lacks the wasmcloud:messaging claim"
+    FAILED = "subscribing failed; retried at the next link or actor change"
 
 
 _Message = tuple[str, str, bytes]  # subject, reply, body
@@ -254,6 +255,7 @@ class Subscriptions:
         self._limiter = limiter or RateLimiter()
         self._live: dict[_Key, _Delivery] = {}
         self._states: dict[_Key, LinkState] = {}
+        self._failures: dict[_Key, str] = {}  # why subscribing failed, per link
         self._lock = asyncio.Lock()
 
     # --- checks --------------------------------------------------------------------------
@@ -316,8 +318,18 @@ class Subscriptions:
                 if key not in wanted or wanted[key][1] != delivery.specs:
                     await self._stop(self._live.pop(key))
             for key, (link, specs) in wanted.items():
-                if key not in self._live:
+                if key in self._live:
+                    continue
+                try:
                     self._live[key] = await self._start(link, specs)
+                except Exception as exc:  # nats-py raises its own types; never fatal here
+                    states[key] = LinkState.FAILED
+                    self._failures[key] = f"{type(exc).__name__}: {exc}"
+                    self._limiter.log(
+                        logger, logging.ERROR, "subscribe", "cannot subscribe for %s: %s",
+                        link.actor_id, self._failures[key],
+                    )  # fmt: skip
+            self._failures = {k: v for k, v in self._failures.items() if k in states}
             self._states = states
 
     async def close(self) -> None:
@@ -407,6 +419,8 @@ class Subscriptions:
         report: list[dict[str, Any]] = []
         for key, state in sorted(self._states.items()):
             entry: dict[str, Any] = {"actor_id": key[0], "link_name": key[2], "state": state.value}
+            if state is LinkState.FAILED:
+                entry["error"] = self._failures.get(key)
             delivery = self._live.get(key)
             if delivery is not None:
                 entry.update(
