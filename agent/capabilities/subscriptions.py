@@ -214,7 +214,7 @@ class _Delivery:
         if self.stopped:
             return
         self.received += 1
-        if len(self.queue) == QUEUE_LIMIT:
+        if len(self.queue) == self.queue.maxlen:
             self.dropped += 1  # deque(maxlen) pushes the oldest out
         self.queue.append((msg.subject, msg.reply or "", bytes(msg.data)))
         self.wake.set()
