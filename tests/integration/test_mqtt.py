@@ -308,3 +308,18 @@ async def test_an_actor_keeps_a_running_average_of_mcu_telemetry_offline(site: S
     bucket = await js.key_value("LATTICE_EDGE_KV")
     values = {k: (await bucket.get(f"mcu.esp1.temp.{k}")).value for k in ("sum", "count", "avg")}
     assert values == {"sum": b"665", "count": b"3", "avg": b"221"}
+
+
+async def test_qos2_is_served_from_2_10_and_refused_by_2_9(site: Site) -> None:
+    modern = find_nats_server(site.host.server.path).version >= (2, 10, 0)
+    gone = threading.Event()
+    with site.mcu("esp32-1", "esp1", "esp1-password") as mcu:
+        mcu.client.on_disconnect = lambda *_args: gone.set()
+        mid = mcu.publish("mcu/esp1/temp", b"q2", qos=2)
+        if modern:
+            await until(lambda: mid in mcu.acked)  # PUBREC/PUBREL/PUBCOMP completed
+            entry = await delivered(site, 1)
+            assert entry["delivered"] == 1
+        else:
+            await until(gone.is_set)  # 2.9.10 drops a client that publishes with QoS 2
+            assert (await site.subscriptions())[0]["received"] == 0
