@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.logs import escape
+
 __all__ = ["format_inspect", "format_status"]
 
 
@@ -33,8 +35,10 @@ def format_status(report: dict[str, Any]) -> str:
     if mqtt:
         lines.append(f"mqtt     : {mqtt['listen']}, {mqtt['connections']} connection(s)")
         for client in mqtt["clients"]:
+            # An MQTT client picks its own id: escape it, like anything remote in a log.
             lines.append(
-                f"mqtt     : {client['user'] or '-'} (client {client['client_id']}) "
+                f"mqtt     : {escape(str(client['user'] or '-'))} "
+                f"(client {escape(str(client['client_id']))}) "
                 f"from {client['address']}, {client['in_msgs']} in / {client['out_msgs']} out"
             )
     for actor in report.get("actors", []):

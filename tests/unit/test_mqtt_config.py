@@ -231,3 +231,46 @@ def test_status_lists_only_mqtt_connections() -> None:
         ],
     }  # fmt: skip
     assert mqtt_status("x", None)["connections"] == 0
+
+
+def test_status_text_escapes_what_mcus_chose() -> None:
+    from agent.report import format_status
+
+    client = {"user": "esp1", "client_id": "a\x1b[31mb\nfake: line", "address": "10.0.0.7:5",
+              "in_msgs": 1, "out_msgs": 0}  # fmt: skip
+    report = {
+        "agent": {"up": True, "pid": 1, "host_id": "N", "client_url": "nats://x"},
+        "leaf": {
+            "up": True,
+            "mqtt": {"listen": "0.0.0.0:1883", "connections": 1, "clients": [client]},
+        },  # fmt: skip
+        "upstream": {"configured": []},
+        "device": {
+            "temperature_c": None,
+            "load_average": [0, 0, 0],
+            "memory_available_mb": 1,
+            "memory_total_mb": 2,
+            "cpu_percent": 0,
+            "disk_free_mb": 1,
+            "disk_percent": 1,
+        },  # fmt: skip
+        "profile": "p",
+        "health": {
+            "subscriptions": [
+                {
+                    "actor_id": "MA",
+                    "state": "subscribed",
+                    "subjects": ["mcu.>"],
+                    "delivered": 5,
+                    "dropped": 2,
+                    "errors": 1,
+                },
+                {"actor_id": "MB", "state": "waiting for the actor"},
+            ]
+        },  # fmt: skip
+    }
+    text = format_status(report)
+    assert "mqtt     : 0.0.0.0:1883, 1 connection(s)" in text
+    assert "(client a\\x1b[31mb\\nfake: line)" in text and "\x1b" not in text
+    assert "messages : MA subscribed mcu.>: 5 delivered, 2 dropped, 1 errors" in text
+    assert "messages : MB waiting for the actor" in text
