@@ -243,7 +243,7 @@ def test_status_text_escapes_what_mcus_chose() -> None:
         "leaf": {
             "up": True,
             "mqtt": {"listen": "0.0.0.0:1883", "connections": 1, "clients": [client]},
-        },  # fmt: skip
+        },
         "upstream": {"configured": []},
         "device": {
             "temperature_c": None,
@@ -253,7 +253,7 @@ def test_status_text_escapes_what_mcus_chose() -> None:
             "cpu_percent": 0,
             "disk_free_mb": 1,
             "disk_percent": 1,
-        },  # fmt: skip
+        },
         "profile": "p",
         "health": {
             "subscriptions": [
@@ -267,7 +267,7 @@ def test_status_text_escapes_what_mcus_chose() -> None:
                 },
                 {"actor_id": "MB", "state": "waiting for the actor"},
             ]
-        },  # fmt: skip
+        },
     }
     text = format_status(report)
     assert "mqtt     : 0.0.0.0:1883, 1 connection(s)" in text
