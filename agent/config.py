@@ -30,6 +30,7 @@ __all__ = [
     "HostSettings",
     "LeafSettings",
     "LocalUserSettings",
+    "MqttUserSettings",
     "TrustSettings",
     "UpstreamSettings",
     "config_target",
@@ -94,6 +95,21 @@ class LocalUserSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttUserSettings:
+    """A ``[[leaf.mqtt_users]]`` entry: one MCU allowed on the MQTT listener.
+
+    ``secret_file`` holds its password (``password_file``) or token (``token_file``; MQTT
+    sends either as the password); ``subjects`` are the NATS subjects its MQTT topic
+    filters cover (``mcu/{name}/#`` by default: ``mcu.{name}``, ``mcu.{name}.>``).
+    """
+
+    name: str
+    secret_file: Path
+    topics: tuple[str, ...]
+    subjects: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LeafSettings:
     """The local nats-server leaf node."""
 
@@ -106,6 +122,8 @@ class LeafSettings:
     sync_interval: str | None
     allow_anonymous: bool = True
     local_users: tuple[LocalUserSettings, ...] = ()
+    mqtt_listen: HostPort | None = None  # nats-server's MQTT listener (networked MCUs)
+    mqtt_users: tuple[MqttUserSettings, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,9 +499,11 @@ def parse_config(
     lf = _Reader(raw.get("leaf"), "leaf", source, overrides)
     lf.reject_unknown(
         {"nats_server", "listen", "monitor", "ready_timeout_s", "jetstream",
-         "jetstream_domain", "sync_interval", "allow_anonymous", "local_users"}
+         "jetstream_domain", "sync_interval", "allow_anonymous", "local_users",
+         "mqtt_listen", "mqtt_users"}
     )  # fmt: skip
     no_users: tuple[LocalUserSettings, ...] = ()
+    no_mcus: tuple[MqttUserSettings, ...] = ()
     leaf = LeafSettings(
         nats_server=lf.get("nats_server", None, optional_path),
         listen=lf.get("listen", HostPort("127.0.0.1", 4222), _host_port),
@@ -498,9 +518,14 @@ def parse_config(
             no_users,
             lambda v: _local_users(v, source, overrides, path_of),
         ),
+        mqtt_listen=lf.get("mqtt_listen", None, lambda v: _host_port(v) if v else None),
+        mqtt_users=lf.get(
+            "mqtt_users", no_mcus, lambda v: _mqtt_users(v, source, overrides, path_of)
+        ),
     )
     if leaf.listen == leaf.monitor:
         raise lf.error("monitor", "must differ from leaf.listen")
+    _check_mqtt(leaf, lf)
 
     upstream: UpstreamSettings | None = None
     if raw.get("upstream"):
@@ -600,6 +625,65 @@ def _local_users(
             raise r.error("name", f"'{user.name}' is taken")
         users.append(user)
     return tuple(users)
+
+
+def _mqtt_users(
+    value: Any,
+    source: Path | None,
+    overrides: Mapping[str, tuple[str, str]] | None,
+    path_of: Callable[[Any], Path],
+) -> tuple[MqttUserSettings, ...]:
+    from agent.leaf.mqtt import DEFAULT_TOPICS, filter_to_subjects
+
+    if not isinstance(value, list):
+        raise TypeError("must be an array of tables ([[leaf.mqtt_users]])")
+    users: list[MqttUserSettings] = []
+    for index, table in enumerate(value):
+        r = _Reader(table, f"leaf.mqtt_users[{index}]", source, overrides)
+        r.reject_unknown({"name", "password_file", "token_file", "topics"})
+        if "name" not in r.table:
+            raise r.error("name", "is required")
+        name = r.get("name", "", _name)
+        files = [key for key in ("password_file", "token_file") if key in r.table]
+        if len(files) != 1:
+            raise r.error("password_file", "give exactly one of password_file and token_file")
+        defaults = tuple(topic.format(name=name) for topic in DEFAULT_TOPICS)
+        topics = r.get("topics", defaults, _string_list)
+        subjects: list[str] = []
+        for topic in topics:
+            try:
+                subjects.extend(s for s in filter_to_subjects(topic) if s not in subjects)
+            except ValueError as exc:
+                raise r.error("topics", str(exc)) from None
+        if not subjects:
+            raise r.error("topics", "must list at least one MQTT topic filter")
+        if name in ("local", *(u.name for u in users)):
+            raise r.error("name", f"'{name}' is taken")
+        users.append(MqttUserSettings(name, r.get(files[0], Path(), path_of), topics,
+                                      tuple(subjects)))  # fmt: skip
+    return tuple(users)
+
+
+def _check_mqtt(leaf: LeafSettings, lf: _Reader) -> None:
+    from agent.leaf.mqtt import is_loopback
+
+    if leaf.mqtt_listen is None:
+        if leaf.mqtt_users:
+            raise lf.error("mqtt_users", "need leaf.mqtt_listen")
+        return
+    if not leaf.jetstream:
+        raise lf.error("mqtt_listen", "needs JetStream (leaf.jetstream = true)")
+    if leaf.mqtt_listen in (leaf.listen, leaf.monitor):
+        raise lf.error("mqtt_listen", "must differ from leaf.listen and leaf.monitor")
+    if not is_loopback(leaf.mqtt_listen.host) and not leaf.mqtt_users:
+        raise lf.error(
+            "mqtt_listen",
+            f"listens beyond loopback ({leaf.mqtt_listen.host}) without authentication; "
+            "add [[leaf.mqtt_users]] for the MCUs",
+        )
+    taken = {user.name for user in leaf.local_users} & {user.name for user in leaf.mqtt_users}
+    if taken:
+        raise lf.error("mqtt_users", f"'{sorted(taken)[0]}' is also a local user")
 
 
 # --- environment overrides -------------------------------------------------------------

@@ -25,7 +25,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.background import Background
@@ -46,6 +46,7 @@ from agent.lattice.refs import MODULE_BUCKET, FetchPolicy, ModuleCache
 from agent.lattice.rpc import LatticeRpcClient, RpcServer
 from agent.leaf.access import LocalAccess, agent_inbox_prefix
 from agent.leaf.binary import NatsServer
+from agent.leaf.mqtt import MqttListener
 from agent.leaf.render import LeafPlan, render
 from agent.leaf.supervisor import LeafSupervisor
 from agent.resources import device_resources
@@ -53,6 +54,9 @@ from agent.runtime.demo import demo_actor_bytes
 from agent.runtime.sandbox import Sandbox
 from agent.state import DesiredState, StateKeeper, StateStore
 from agent.systemd import Notifier
+
+if TYPE_CHECKING:
+    from agent.capabilities.subscriptions import Subscriptions
 
 __all__ = ["DEMO_ACTOR_NAME", "STATE_FILE", "Host", "HostInfo", "HostState"]
 
@@ -109,9 +113,11 @@ class Host:
         access: LocalAccess,
         lock: DataDirLock | None = None,
         demo: bool = False,
+        mqtt: MqttListener | None = None,
     ) -> None:
         self.config = config
         self.access = access
+        self.mqtt = mqtt
         self.lock = lock
         self.demo = demo
         self.demo_greeting: str | None = None
@@ -137,6 +143,7 @@ class Host:
         self.control: ControlServer | None = None
         self.rpc: RpcServer | None = None
         self.firmware: Any = None  # firmware_bridge.bridge.FirmwareBridge when MCUs are configured
+        self.subscriptions: Subscriptions | None = None  # wasmcloud:messaging SUBSCRIPTION links
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self.keeper = StateKeeper(self.state_store, self._running_state)
@@ -190,6 +197,7 @@ class Host:
             sync_interval=self.config.leaf.sync_interval,
             upstream=self.config.upstream,
             access=self.access,
+            mqtt=self.mqtt,
         )
         rendered = render(plan, self.server.version)
         # 0600: it names the local users' passwords.
@@ -319,7 +327,11 @@ class Host:
             cluster_key=self.keys.cluster,
         )
         router = HostCallRouter(
-            caps_of, self.links, capabilities=await self._capabilities(), lattice=caller
+            caps_of,
+            self.links,
+            capabilities=await self._capabilities(),
+            lattice=caller,
+            linked_in_host=("wasmcloud:messaging",),  # the host is its provider
         )
         if self.config.leaf.jetstream:
             await self._module_bucket()
@@ -390,6 +402,10 @@ class Host:
         )
         data_dir = self.config.host.data_dir
         assert self.background is not None
+        from agent.capabilities.subscriptions import Subscriptions
+
+        self.subscriptions = Subscriptions(self.nats, registry, self.links, self.background)
+        self.health_sections["subscriptions"] = self.subscriptions.health
         self.control = ControlServer(
             self.nats,
             facts,
@@ -401,6 +417,7 @@ class Host:
             on_stop=self.request_stop,
             resources=lambda: device_resources(data_dir),
             health=self.health,
+            check_link=self.subscriptions.check_link,
         )
         self.rpc = RpcServer(
             self.nats,
@@ -412,6 +429,7 @@ class Host:
             emit_rpc_event=self.control.emit_rpc,
         )
         await self.rpc.sync()
+        await self.subscriptions.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
         await self.nats.subscribe(subjects.agent_health(self.keys.host_id), cb=self._answer_health)
 
@@ -435,6 +453,8 @@ class Host:
         """Actors or links changed (the keeper has saved them): follow with subscriptions."""
         if self.rpc is not None:
             await self.rpc.sync()
+        if self.subscriptions is not None:
+            await self.subscriptions.sync()
 
     def health(self) -> dict[str, Any]:
         """The agent's own condition, for the heartbeat and ``status``.
@@ -467,6 +487,8 @@ class Host:
             await self.control.stop()
         if self.rpc is not None:
             await self.rpc.close()
+        if self.subscriptions is not None:
+            await self.subscriptions.close()
 
     async def _module_bucket(self) -> None:
         """The object store the local CLI uploads modules to (``actor start FILE``)."""

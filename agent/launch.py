@@ -28,6 +28,7 @@ from agent.identity.local import ensure_agent_user, read_password_file
 from agent.identity.tls import check_pem_certificate
 from agent.leaf.access import LocalAccess, LocalUser
 from agent.leaf.binary import find_nats_server
+from agent.leaf.mqtt import MqttListener, MqttUser, is_loopback
 
 __all__ = ["AGENT_UMASK", "prepare_host", "run_host"]
 
@@ -81,7 +82,29 @@ def _prepare(config: Config, lock: DataDirLock, *, create_keys: bool, demo: bool
         users=tuple(_local_user(user) for user in config.leaf.local_users),
         anonymous=config.leaf.allow_anonymous,
     )
-    return Host(config, keys=keys, board=board, server=server, access=access, lock=lock, demo=demo)
+    return Host(
+        config,
+        keys=keys,
+        board=board,
+        server=server,
+        access=access,
+        lock=lock,
+        demo=demo,
+        mqtt=_mqtt_listener(config),
+    )
+
+
+def _mqtt_listener(config: Config) -> MqttListener | None:
+    """The MQTT listener with the MCUs' secrets read (CredsError names a bad file)."""
+    leaf = config.leaf
+    if leaf.mqtt_listen is None:
+        return None
+    users = tuple(
+        MqttUser(user.name, read_password_file(user.secret_file), user.subjects)
+        for user in leaf.mqtt_users
+    )
+    anonymous = not users and leaf.allow_anonymous and is_loopback(leaf.mqtt_listen.host)
+    return MqttListener(str(leaf.mqtt_listen), users, anonymous=anonymous)
 
 
 def _local_user(settings: LocalUserSettings) -> LocalUser:

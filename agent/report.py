@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.logs import escape
+
 __all__ = ["format_inspect", "format_status"]
 
 
@@ -29,6 +31,16 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"upstream : {state} ({', '.join(upstream['configured'])})")
     else:
         lines.append("upstream : none configured (standalone)")
+    mqtt = leaf.get("mqtt")
+    if mqtt:
+        lines.append(f"mqtt     : {mqtt['listen']}, {mqtt['connections']} connection(s)")
+        for client in mqtt["clients"]:
+            # An MQTT client picks its own id: escape it, like anything remote in a log.
+            lines.append(
+                f"mqtt     : {escape(str(client['user'] or '-'))} "
+                f"(client {escape(str(client['client_id']))}) "
+                f"from {client['address']}, {client['in_msgs']} in / {client['out_msgs']} out"
+            )
     for actor in report.get("actors", []):
         lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
     health = report.get("health") or {}
@@ -36,6 +48,14 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"state    : NOT SAVED, serving from memory ({health.get('state_error')})")
     for failed in health.get("restore_failed", []):
         lines.append(f"actor    : {failed['actor_ref']} not restored: {failed['error']}")
+    for sub in health.get("subscriptions", []):
+        counts = (
+            f" {', '.join(sub['subjects'])}: {sub['delivered']} delivered, {sub['dropped']} "
+            f"dropped, {sub['errors']} errors"
+            if "subjects" in sub
+            else ""
+        )
+        lines.append(f"messages : {sub['actor_id']} {sub['state']}{counts}")
     temperature = device["temperature_c"]
     load = " ".join(f"{x:.2f}" for x in device["load_average"])
     lines += [

@@ -55,6 +55,15 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
             connections=varz.get("connections"),
             memory_bytes=varz.get("mem"),
         )
+    if config.leaf.mqtt_listen is not None:
+        from agent.leaf.mqtt import mqtt_status
+
+        try:
+            _, connz = await get_json(monitor, "/connz?auth=1&limit=1024")
+        except MonitorError as exc:
+            connz = None
+            result["error"] = str(exc)
+        result["mqtt"] = mqtt_status(str(config.leaf.mqtt_listen), connz)
     remotes = leafz.get("leafs") if isinstance(leafz, dict) else None
     result["upstream_links"] = [
         {"address": f"{r.get('ip')}:{r.get('port')}", "account": r.get("account"),

@@ -106,6 +106,7 @@ class ControlServer:
         on_stop: Callable[[], None],
         resources: Callable[[], dict[str, Any]] | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
+        check_link: Callable[[codec.LinkDefinition], None] | None = None,
     ) -> None:
         self._nats = nats_client
         self.facts = facts
@@ -117,6 +118,7 @@ class ControlServer:
         self._on_stop = on_stop
         self._resources = resources
         self._health = health  # the agent's own state for the heartbeat (state file, …)
+        self._check_link = check_link  # refuses links the host could never serve
         self._subscriptions: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._limiter = RateLimiter()
@@ -495,6 +497,8 @@ class ControlServer:
 
     async def _put_link(self, body: bytes) -> dict[str, Any] | None:
         link = codec.parse_linkdef_put(body)
+        if self._check_link is not None:
+            self._check_link(link)
         previous = self._links.find(link.actor_id, link.contract_id, link.link_name)
         self._links.put(link)
         try:

@@ -11,6 +11,11 @@ In order, as the wasmCloud 0.x hosts route them:
    NATS and a local JetStream KV bucket), so actors keep working offline;
 5. anything else fails with "no link exists".
 
+Contracts in ``linked_in_host`` (the host passes ``wasmcloud:messaging``) skip step 3: the
+host is their provider, a link only configures it (``SUBSCRIPTION``, see
+:mod:`agent.capabilities.subscriptions`), so an actor answering a message it was delivered
+publishes through the device, not to a provider that is not there.
+
 Every capability, built-in or linked, needs its contract id in the actor's claims; an
 unsigned actor (allowed only by configuration) holds no claims and so gets none.
 """
@@ -100,8 +105,10 @@ class HostCallRouter:
         *,
         capabilities: CapabilityServer | None = None,
         lattice: LatticeCaller | None = None,
+        linked_in_host: Collection[str] = (),
     ) -> None:
         self._caps_of = caps_of
+        self._linked_in_host = frozenset(linked_in_host)
         self._links = links
         self._capabilities = capabilities
         self._lattice = lattice
@@ -122,7 +129,11 @@ class HostCallRouter:
             if self._lattice is None:
                 raise HostCallError("actor-to-actor calls need a lattice connection")
             return await self._lattice.call_actor(actor_id, namespace, operation, payload)
-        link = self._links.find(actor_id, namespace, binding)
+        link = (
+            None
+            if namespace in self._linked_in_host
+            else self._links.find(actor_id, namespace, binding)
+        )
         if link is not None:
             self._require(actor_id, caps, namespace)
             if self._lattice is None:

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.leaf.mqtt import MqttListener, connection_types
+
 if TYPE_CHECKING:
     from agent.leaf.render import ConfValue
 
@@ -110,15 +112,33 @@ def _permissions(user: LocalUser) -> dict[str, ConfValue]:
     }
 
 
-def authorization_table(access: LocalAccess) -> dict[str, ConfValue]:
-    """The ``authorization`` block (and ``no_auth_user``) for the leaf's config."""
+def _limit(entry: dict[str, ConfValue], types: Sequence[str]) -> None:
+    if types:
+        entry["allowed_connection_types"] = list(types)
+
+
+def authorization_table(
+    access: LocalAccess,
+    *,
+    mqtt: MqttListener | None = None,
+    mqtt_users: Sequence[ConfValue] = (),
+) -> dict[str, ConfValue]:
+    """The ``authorization`` block (and ``no_auth_user``) for the leaf's config.
+
+    With an MQTT listener, ``mqtt_users`` (:func:`agent.leaf.mqtt.mqtt_user_entries`) are
+    added and the other users limited to NATS connections, so an MQTT client presenting
+    nothing is not let in as the anonymous user (see :mod:`agent.leaf.mqtt`).
+    """
     users: list[ConfValue] = [{"nkey": access.agent_user}]
     if access.anonymous:
         # No password (nats-server checks one even for no_auth_user): logging in as this
         # user by name gets exactly what presenting nothing gets.
-        users.append(
-            {"user": ANONYMOUS_USER, "permissions": _permissions(LocalUser(ANONYMOUS_USER))}
-        )
+        anonymous: dict[str, ConfValue] = {
+            "user": ANONYMOUS_USER,
+            "permissions": _permissions(LocalUser(ANONYMOUS_USER)),
+        }
+        _limit(anonymous, connection_types(mqtt, anonymous_user=True))
+        users.append(anonymous)
     for user in access.users:
         entry: dict[str, ConfValue] = (
             {"nkey": user.nkey}
@@ -126,7 +146,9 @@ def authorization_table(access: LocalAccess) -> dict[str, ConfValue]:
             else {"user": user.name, "password": user.password or ""}
         )
         entry["permissions"] = _permissions(user)
+        _limit(entry, connection_types(mqtt, anonymous_user=False))
         users.append(entry)
+    users.extend(mqtt_users)
     table: dict[str, ConfValue] = {"authorization": {"users": users}}
     if access.anonymous:
         table["no_auth_user"] = ANONYMOUS_USER

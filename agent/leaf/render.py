@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.config import HostPort, UpstreamSettings
 from agent.errors import LeafConfigError
 from agent.leaf.access import LocalAccess, authorization_table
+from agent.leaf.mqtt import MqttListener, mqtt_block, mqtt_user_entries
 
 __all__ = ["LeafPlan", "RenderedConfig", "render", "to_conf"]
 
@@ -41,6 +42,7 @@ class LeafPlan:
     sync_interval: str | None = None
     upstream: UpstreamSettings | None = None
     access: LocalAccess | None = None  # None: the local listener takes anyone (tests only)
+    mqtt: MqttListener | None = None  # nats-server's MQTT listener for networked MCUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,15 @@ def render(plan: LeafPlan, version: Version) -> RenderedConfig:
         "lame_duck_duration": "30s",
         "lame_duck_grace_period": "1s",
     }
+    if plan.mqtt is not None and not plan.jetstream:
+        raise LeafConfigError("leaf.mqtt_listen needs JetStream (leaf.jetstream = true)")
+    if plan.mqtt is not None and plan.mqtt.users and plan.access is None:
+        raise LeafConfigError("MQTT users need the local listener's authorization")
     if plan.access is not None:
-        conf.update(authorization_table(plan.access))
+        mqtt_users = mqtt_user_entries(plan.mqtt, version) if plan.mqtt else []
+        conf.update(authorization_table(plan.access, mqtt=plan.mqtt, mqtt_users=mqtt_users))
+    if plan.mqtt is not None:
+        conf["mqtt"] = mqtt_block(plan.mqtt)
     if plan.jetstream:
         jetstream: dict[str, ConfValue] = {
             "store_dir": str(plan.store_dir),
