@@ -20,7 +20,7 @@ from typing import Any
 
 import nats
 import pytest
-from lattice_testing import agent_seed, free_port
+from lattice_testing import agent_seed, free_port, run_cli
 
 import agent.state
 from agent.config import Config, load_config
@@ -385,3 +385,22 @@ async def test_a_quarantined_instance_is_in_the_inventory_and_scale_releases_it(
         await asyncio.sleep(0.5)
         (instance,) = (await client.inventory(lab.host_id))["actors"][0]["instances"]
         assert "quarantined" not in instance
+
+
+def test_a_second_run_fails_with_one_line_naming_the_running_agent(tmp_path: Path) -> None:
+    issuer = generate(KeyKind.ACCOUNT)
+    config = write_config(tmp_path, issuer)
+
+    async def main() -> None:
+        async with run_host(config):
+            second = await asyncio.to_thread(
+                run_cli, "run", "--config", str(tmp_path / "agent.toml"), timeout=60
+            )
+            assert second.returncode == 1
+            assert second.stderr.strip().splitlines() == [
+                f"lattice-edge: error: another lattice-edge agent (pid {os.getpid()}) is "
+                f"already running on {config.host.data_dir}"
+            ]
+            assert (config.run_dir / "agent.json").exists()  # the live host's file is untouched
+
+    asyncio.run(main())
