@@ -22,8 +22,8 @@ from lattice_testing import agent_seed, free_port, run_cli
 
 from agent.config import Config, load_config
 from agent.host import Host
-from agent.launch import run_host
 from agent.lattice.client import LatticeClient, connect
+from agent.launch import run_host
 from agent.leaf.binary import find_nats_server
 from agent.runtime.demo import DEMO_ISSUER
 

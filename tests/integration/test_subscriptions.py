@@ -22,10 +22,10 @@ from lattice_testing import agent_seed, free_port
 
 from agent.config import Config, load_config
 from agent.host import Host
-from agent.launch import run_host
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.identity.wascap import sign_module
 from agent.lattice.client import LatticeClient, connect
+from agent.launch import run_host
 
 pytestmark = pytest.mark.integration
 
