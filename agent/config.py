@@ -463,7 +463,7 @@ def parse_config(
 
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
-_NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
+_NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG", "FLEET_DIR"}
 _SECTIONS = ("host", "leaf", "upstream", "trust", "budgets", "log")
 
 

@@ -45,11 +45,15 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   │       ├── CapabilityTimeout       the backend did not answer in time
     │   │       └── CapabilityUnavailable   the backend (NATS, JetStream) failed or is full
     │   └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
-    └── LatticeError                a lattice subject or message is malformed or refused
-        ├── ControlRequestError     a control request body is malformed (names the field)
-        └── InvocationError         an RPC Invocation/InvocationResponse is malformed
-            ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
-            └── ChunkedInvocationError  its body went to the object store (unsupported)
+    ├── LatticeError                a lattice subject or message is malformed or refused
+    │   ├── ControlRequestError     a control request body is malformed (names the field)
+    │   └── InvocationError         an RPC Invocation/InvocationResponse is malformed
+    │       ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
+    │       └── ChunkedInvocationError  its body went to the object store (unsupported)
+    └── FleetError                  fleet enrollment, renewal or rollout failed
+        ├── FleetDirError           the fleet directory or fleet.toml is missing or invalid
+        ├── FleetRequestError       the fleet service refused a request (``code``, ``reason``)
+        └── FleetStoreError         the fleet's JetStream KV / object store failed
 """
 
 from __future__ import annotations
@@ -292,3 +296,32 @@ class ChunkedInvocationError(InvocationError):
     The agent does not fetch chunked bodies: senders must stay under wasmCloud's chunking
     threshold (900 KiB).
     """
+
+
+# --- fleet -------------------------------------------------------------------------
+
+
+class FleetError(LatticeEdgeError):
+    """Fleet enrollment, credential renewal or rollout failed."""
+
+
+class FleetDirError(FleetError):
+    """The fleet directory is missing, incomplete, or its ``fleet.toml`` is invalid."""
+
+
+class FleetRequestError(FleetError):
+    """A request to the fleet service is malformed or was refused.
+
+    ``code`` is the HTTP-like status the service answers with (400 malformed, 403 refused,
+    404 unknown, 409 conflict, 410 expired, 500 internal) and ``reason`` a stable word
+    (``"revoked"``, ``"token-used"``, …) that callers test instead of parsing the message.
+    """
+
+    def __init__(self, message: str, *, code: int = 400, reason: str = "bad-request"):
+        self.code = code
+        self.reason = reason
+        super().__init__(message)
+
+
+class FleetStoreError(FleetError):
+    """The fleet's state in the hub's JetStream (KV bucket, object store) is unavailable."""

@@ -232,6 +232,7 @@ class Host:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         watchdog: asyncio.Task[None] | None = None
+        link: asyncio.Task[None] | None = None
         try:
             self.write_leaf_config()
             await self.leaf.start(tasks)
@@ -239,6 +240,7 @@ class Host:
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
                 await self._start_lattice(tasks, registry)
+                link = self._start_device_link(tasks, loop)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
                 self.state = HostState.RUNNING
@@ -254,11 +256,22 @@ class Host:
                 await self._stop_lattice()
                 await self._drain()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, link):
+                if task is not None:
+                    task.cancel()
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _start_device_link(
+        self, tasks: asyncio.TaskGroup, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Task[None]:
+        """Credential renewal for a fleet device, and SIGHUP: re-read the upstream."""
+        from agent.device_link import DeviceLink
+
+        link = DeviceLink(self)
+        loop.add_signal_handler(signal.SIGHUP, link.request_reload)
+        return tasks.create_task(link.run(), name="device-link")
 
     async def _connect(self) -> Any:
         import nats  # the client library is the largest import; load it when needed
@@ -280,6 +293,8 @@ class Host:
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
+                # a fleet device may subscribe upstream only to its own inbox (docs/fleet.md)
+                inbox_prefix=f"_INBOX_{self.keys.host_id}",
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,

@@ -29,6 +29,9 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"upstream : {state} ({', '.join(upstream['configured'])})")
     else:
         lines.append("upstream : none configured (standalone)")
+    credentials = report.get("credentials")
+    if credentials:
+        lines.append(f"credentials: {_credentials(credentials)}")
     for actor in report.get("actors", []):
         lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
     temperature = device["temperature_c"]
@@ -41,6 +44,21 @@ def format_status(report: dict[str, Any]) -> str:
         f"temp     : {f'{temperature:.1f} °C' if temperature is not None else 'n/a'}",
     ]
     return "\n".join(lines)
+
+
+def _credentials(credentials: dict[str, Any]) -> str:
+    """``revoked``, ``expired``, or ``valid until …`` (fleet devices only)."""
+    import time
+
+    status = credentials.get("status") or "unknown"
+    expires = credentials.get("expires_at")
+    if status == "active" and isinstance(expires, int):
+        text = f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}"
+    else:
+        text = str(status)
+    if credentials.get("error") and status != "active":
+        text += f" ({credentials['error']})"
+    return f"{text} (fleet {credentials.get('fleet') or '-'})"
 
 
 def format_inspect(report: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.enroll import credentials_status
 from agent.host import STATE_FILE
 from agent.leaf.monitor import MonitorError, get_json
 from agent.resources import device_resources
@@ -103,6 +104,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
             "connected": bool(leaf.get("upstream_links")),
         },
         "actors": actors,
+        "credentials": credentials_status(config),
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

@@ -38,9 +38,17 @@ class CallReply:
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str, *, lattice: str = "default", creds: str | None = None
+    url: str,
+    *,
+    lattice: str = "default",
+    creds: str | None = None,
+    inbox_prefix: str | None = None,
 ) -> AsyncIterator[LatticeClient]:
-    """Connect to a NATS server (a host's local port, or the cloud) for lattice control."""
+    """Connect to a NATS server (a host's local port, or the cloud) for lattice control.
+
+    ``inbox_prefix`` replaces ``_INBOX`` for replies, for credentials that may subscribe
+    only to their own inbox (a fleet's bootstrap and device users).
+    """
     import nats
     import nats.errors
 
@@ -48,10 +56,11 @@ async def connect(
         # nats-py's default callback prints a traceback; the failure reaches us anyway.
         return None
 
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
     try:
         client = await nats.connect(
             servers=[url], user_credentials=creds, connect_timeout=3, max_reconnect_attempts=2,
-            allow_reconnect=False, error_cb=quiet,
+            allow_reconnect=False, error_cb=quiet, **options,
         )  # fmt: skip
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc

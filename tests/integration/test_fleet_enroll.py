@@ -1,0 +1,178 @@
+"""Fleet enrollment end to end, with real processes: an operator-mode hub whose account JWT
+carries the keys ``fleet init`` made, ``fleet serve``, devices enrolled with ``lattice-edge
+enroll`` and running ``lattice-edge run``, and the real nats-server enforcing each role."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from fleet_testing import (
+    Fleet,
+    FleetHub,
+    ServeProcess,
+    connected,
+    enroll,
+    init_device,
+    ok,
+    one_error_line,
+    wait_for_hosts,
+)
+from lattice_testing import AgentProcess, run_cli, wait_until
+
+from agent.identity import jwt
+from agent.identity.keys import KeyKind, generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fleet_hub(tmp_path: Path, nats_server: object) -> Iterator[FleetHub]:
+    from agent.leaf.binary import find_nats_server
+
+    with FleetHub(tmp_path / "hub", find_nats_server().path) as running:
+        yield running
+
+
+@pytest.fixture
+def serves() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for serve in started:
+        serve.stop()
+
+
+def serve(fleet: Fleet, serves: list[ServeProcess], **env: str) -> ServeProcess:
+    process = ServeProcess(fleet.path, env=env).start()
+    serves.append(process)
+    return process
+
+
+async def refused(client: nats.NATS, action: str, subject: str) -> bool:
+    """Publish or subscribe; True when the server answers with a permissions violation."""
+    before = len(client.errors)
+    if action == "sub":
+        await client.subscribe(subject)
+    else:
+        await client.publish(subject, b"{}")
+    await client.flush()
+    for _ in range(20):
+        if any("permissions violation" in e.lower() for e in client.errors[before:]):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def account_keys(hub: FleetHub) -> list[dict[str, object]]:
+    token = hub.account_jwt.read_text().strip()
+    entries: list[dict[str, object]] = jwt.decode(token).claims["nats"]["signing_keys"]
+    return entries
+
+
+async def test_two_devices_enroll_join_the_hub_and_stay_in_their_lanes(
+    tmp_path: Path,
+    fleet_hub: FleetHub,
+    serves: list[ServeProcess],
+    agent_factory: type[AgentProcess],
+) -> None:
+    fleet = await Fleet.create(fleet_hub, tmp_path / "fleet")
+    # The account JWT on the hub carries exactly the entries 'fleet init' printed.
+    assert fleet.init["account"] == fleet_hub.app.public_key
+    assert account_keys(fleet_hub) == fleet.init["signing_keys"]
+    assert [k["role"] for k in fleet.init["signing_keys"]] == [
+        "lattice-edge-device", "lattice-edge-bootstrap",
+    ]  # fmt: skip
+    serve(fleet, serves)
+    token_a, token_b = fleet.token("site=a", "tier=edge"), fleet.token("site=b")
+
+    # Device A runs standalone first and is enrolled while its agent runs (SIGHUP path).
+    config_a, data_a, host_a, ports_a = init_device(tmp_path, "dev-a")
+    agent_a = agent_factory(config_a, data_a).start()
+    agent_a.wait_ready()
+    result = enroll(fleet, config_a, token_a)
+    assert result.stdout.strip() == host_a, result.stderr
+    assert "asked to reconnect its leaf" in result.stderr
+    # Device B is enrolled first, then started.
+    config_b, data_b, host_b, _ = init_device(tmp_path, "dev-b")
+    assert ok(enroll(fleet, config_b, token_b)).strip() == host_b
+    agent_b = agent_factory(config_b, data_b).start()
+    agent_b.wait_ready()
+
+    creds_a = data_a / "keys" / "upstream.creds"
+    assert (creds_a.stat().st_mode & 0o777) == 0o600
+    assert jwt.decode(jwt.read_creds(creds_a).jwt).claims["name"] == host_a
+    hosts = await wait_for_hosts(fleet_hub.client_url, fleet_hub.client_creds, {host_a, host_b})
+    assert hosts[host_a]["labels"]["site"] == "a" and hosts[host_a]["labels"]["tier"] == "edge"
+    assert hosts[host_b]["labels"]["site"] == "b"
+    devices = {d["host_key"]: d for d in fleet.devices()}
+    assert set(devices) == {host_a, host_b}
+    assert devices[host_a]["labels"]["site"] == "a" and not devices[host_a]["revoked"]
+
+    # With A's own credentials, the hub confines it to its own subjects.
+    kv = f"KV_LEFLEET_{fleet.fleet_id}"
+    async with connected(fleet_hub.client_url, creds_a,
+                         inbox_prefix=f"_INBOX_{host_a}") as device:  # fmt: skip
+        assert await refused(device, "sub", f"wasmbus.ctl.default.cmd.{host_b}.>")
+        assert await refused(device, "sub", f"wasmbus.ctl.default.get.{host_b}.inv")
+        assert await refused(device, "pub", f"lattice-edge.fleet.{fleet.fleet_id}.admin.devices")
+        assert await refused(device, "sub", f"lattice-edge.fleet.{fleet.fleet_id}.enroll.>")
+        assert await refused(device, "sub", "_INBOX.>")
+        assert await refused(device, "pub", f"$JS.API.STREAM.INFO.{kv}")
+        assert await refused(device, "pub", f"$JS.hub.API.STREAM.INFO.{kv}")
+        assert await refused(device, "pub", f"$KV.LEFLEET_{fleet.fleet_id}.token.x")
+        assert await refused(device, "sub", f"$KV.LEFLEET_{fleet.fleet_id}.>")
+        assert await refused(device, "pub", "$JS.API.STREAM.CREATE.MINE")
+        assert await refused(
+            device, "pub", f"$JS.hub.API.STREAM.DELETE.OBJ_LEFLEET_{fleet.fleet_id}_ACTORS"
+        )
+        # ... but may use its own control subjects.
+        assert not await refused(device, "sub", f"wasmbus.ctl.default.cmd.{host_a}.la")
+
+    # The fleet's actor store is readable: from the hub with A's creds, and through A's leaf.
+    async with connected(fleet_hub.client_url, fleet_hub.client_creds) as owner:
+        store = await owner.jetstream().create_object_store(f"LEFLEET_{fleet.fleet_id}_ACTORS")
+        await store.put("probe", b"module bytes" * 1000)
+    async with connected(fleet_hub.client_url, creds_a, inbox_prefix=f"_INBOX_{host_a}") as device:
+        actors = await device.jetstream(domain="hub").object_store(
+            f"LEFLEET_{fleet.fleet_id}_ACTORS"
+        )
+        assert (await actors.get("probe")).data == b"module bytes" * 1000
+    async with connected(f"nats://127.0.0.1:{ports_a['client']}",
+                         inbox_prefix=f"_INBOX_{host_a}") as local:  # fmt: skip
+        actors = await local.jetstream(domain="hub").object_store(
+            f"LEFLEET_{fleet.fleet_id}_ACTORS"
+        )
+        assert (await actors.get("probe")).data == b"module bytes" * 1000
+        # A's leaf passes nothing else of the hub's JetStream: the fleet KV is out of reach.
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await local.request(f"$JS.hub.API.STREAM.INFO.{kv}", b"", timeout=2)
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await local.request("$JS.hub.API.STREAM.LIST", b"", timeout=2)
+    assert fleet_hub.leaf_connections() == 2  # the refused traffic cost no leaf link
+
+    # The bootstrap credential can ask for a nonce and nothing else.
+    boot_name = jwt.decode(jwt.read_creds(fleet.bootstrap).jwt).claims["name"]
+    async with connected(fleet_hub.client_url, fleet.bootstrap,
+                         inbox_prefix=f"_INBOX_{boot_name}") as boot:  # fmt: skip
+        reply = await boot.request(
+            f"lattice-edge.fleet.{fleet.fleet_id}.enroll.challenge", b'{"token_id":"AAAAAAAAAA"}'
+        )
+        assert "nonce" in json.loads(reply.data)
+        assert await refused(boot, "pub", "wasmbus.evt.default")
+        assert await refused(boot, "pub", f"wasmbus.ctl.default.cmd.{host_a}.la")
+        assert await refused(boot, "sub", "wasmbus.ctl.default.>")
+        assert await refused(boot, "sub", "_INBOX.>")
+        assert await refused(boot, "pub", f"lattice-edge.fleet.{fleet.fleet_id}.admin.token.create")
+        assert await refused(boot, "pub", "$JS.API.INFO")
+        assert await refused(
+            boot, "pub", f"lattice-edge.fleet.{fleet.fleet_id}.device.{host_a}.renew"
+        )
+
+    status = json.loads(run_cli("status", "--config", str(config_a), "--json").stdout)
+    assert status["credentials"]["status"] == "active"
+    assert status["upstream"]["connected"] is True
+    assert agent_a.terminate() == 0 and agent_b.terminate() == 0
