@@ -254,3 +254,33 @@ async def wait_for_hosts(
             return found
         await asyncio.sleep(0.5)
     raise AssertionError(f"hosts {sorted(hosts - set(found))} never answered ping.hosts")
+
+
+_CONNECT_PROBE = """
+import asyncio, sys, nats
+async def main():
+    try:
+        client = await nats.connect(sys.argv[1], user_credentials=sys.argv[2],
+                                    allow_reconnect=False, connect_timeout=3)
+    except Exception as exc:
+        print(str(exc) or type(exc).__name__)
+        return
+    await client.close()
+asyncio.run(main())
+"""
+
+
+async def connection_refused(url: str, creds: Path) -> str | None:
+    """The server's refusal when connecting with ``creds``, or None if it lets them in.
+
+    Probed from a child process: nats-py leaves the socket of a refused connection to the
+    garbage collector, whose ResourceWarning would fail whichever test collects it.
+    """
+    import sys
+
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-W", "ignore", "-c", _CONNECT_PROBE, url, str(creds),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(probe.communicate(), 30)
+    return out.decode().strip() or None

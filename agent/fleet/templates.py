@@ -87,7 +87,10 @@ def device_template(*, lattice: str, fleet: str, js_domain: str) -> dict[str, An
             "allow": publish,
             "deny": [f"{service}.admin.>", f"{service}.enroll.>", "$KV.>", "$O.>"],
         },
-        "sub": {"allow": subscribe, "deny": ["lattice-edge.fleet.>", "$KV.>"]},
+        # Only a deny that can never meet the device's own traffic: a leaf applies the
+        # subscribe deny list to what it sends upstream too (measured: denying
+        # lattice-edge.fleet.> here silently dropped the device's own renewals).
+        "sub": {"allow": subscribe, "deny": ["$KV.>"]},
         "subs": UNLIMITED,
         "data": UNLIMITED,
         "payload": UNLIMITED,

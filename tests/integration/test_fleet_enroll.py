@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fleet_testing import (
     FleetHub,
     ServeProcess,
     connected,
+    connection_refused,
     enroll,
     init_device,
     ok,
@@ -24,8 +26,9 @@ from fleet_testing import (
 )
 from lattice_testing import AgentProcess, run_cli, wait_until
 
+from agent.fleet import protocol
 from agent.identity import jwt
-from agent.identity.keys import KeyKind, generate
+from agent.identity.keys import KeyKind, KeyPair, generate
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +179,152 @@ async def test_two_devices_enroll_join_the_hub_and_stay_in_their_lanes(
     assert status["credentials"]["status"] == "active"
     assert status["upstream"]["connected"] is True
     assert agent_a.terminate() == 0 and agent_b.terminate() == 0
+
+
+def bootstrap_inbox(fleet: Fleet) -> str:
+    return "_INBOX_" + str(jwt.decode(jwt.read_creds(fleet.bootstrap).jwt).claims["name"])
+
+
+async def enroll_by_hand(
+    fleet: Fleet, token: str, *, sign_user: KeyPair | None = None, sign_host: KeyPair | None = None
+) -> dict[str, object]:
+    """The enrollment exchange spoken directly, optionally signed with the wrong keys."""
+    user, host = generate(KeyKind.USER), generate(KeyKind.SERVER)
+    token_id = token.split(".")[2] if token.count(".") == 3 else "AAAAAAAAAA"
+    base = f"lattice-edge.fleet.{fleet.fleet_id}.enroll"
+    async with connected(fleet.hub.client_url, fleet.bootstrap,
+                         inbox_prefix=bootstrap_inbox(fleet)) as boot:  # fmt: skip
+        challenge = json.loads(
+            (
+                await boot.request(
+                    f"{base}.challenge", protocol.canonical_json({"token_id": token_id})
+                )
+            ).data
+        )
+        message = protocol.enroll_message(
+            fleet.fleet_id, challenge["nonce"], token_id, user.public_key, host.public_key
+        )
+        body = {
+            "token": token, "nonce": challenge["nonce"], "user_key": user.public_key,
+            "host_key": host.public_key,
+            "user_signature": protocol.b64((sign_user or user).sign(message)),
+            "host_signature": protocol.b64((sign_host or host).sign(message)),
+            "facts": {}, "labels": {},
+        }  # fmt: skip
+        reply = await boot.request(f"{base}.complete", protocol.canonical_json(body), timeout=5)
+    result: dict[str, object] = json.loads(reply.data)
+    return result
+
+
+async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_error(
+    tmp_path: Path, fleet_hub: FleetHub, serves: list[ServeProcess]
+) -> None:
+    fleet = await Fleet.create(fleet_hub, tmp_path / "fleet")
+    other = await Fleet.create(fleet_hub, tmp_path / "other")
+    serve(fleet, serves)
+    serve(other, serves)
+
+    config, data, _, _ = init_device(tmp_path, "dev-c")
+    token = fleet.token("site=c")
+    ok(enroll(fleet, config, token))
+    creds = (data / "keys" / "upstream.creds").read_bytes()
+    config_text = config.read_text()
+    # The same token again: refused, and nothing on the device changes.
+    line = one_error_line(enroll(fleet, config, token))
+    assert "already used" in line and "create a new token" in line
+    assert (data / "keys" / "upstream.creds").read_bytes() == creds
+    assert config.read_text() == config_text
+
+    config_d, data_d, _, _ = init_device(tmp_path, "dev-d")
+    before = config_d.read_text()
+    expiring = fleet.token(expires="1s")
+    await asyncio.sleep(2.2)
+    assert "has expired" in one_error_line(enroll(fleet, config_d, expiring))
+    foreign = other.token()
+    assert "is for fleet" in one_error_line(enroll(fleet, config_d, foreign))
+    assert "malformed" in one_error_line(enroll(fleet, config_d, "LE1.nonsense"))
+    assert not (data_d / "keys" / "upstream.creds").exists()
+    assert config_d.read_text() == before
+
+    # Spoken directly: a forged proof of possession, and another fleet's token.
+    fresh = fleet.token()
+    forged = await enroll_by_hand(fleet, fresh, sign_user=generate(KeyKind.USER))
+    assert forged["code"] == 403 and "user key" in str(forged["error"])
+    forged = await enroll_by_hand(fleet, fresh, sign_host=generate(KeyKind.SERVER))
+    assert forged["code"] == 403 and "host key" in str(forged["error"])
+    wrong = await enroll_by_hand(fleet, other.token())
+    assert wrong["reason"] == "wrong-fleet" and other.fleet_id in str(wrong["error"])
+    # The forged attempts spent nothing: the token still enrolls a real device.
+    assert "user_jwt" in await enroll_by_hand(fleet, fresh)
+    states = {t["id"]: t["state"] for t in fleet.tokens()}
+    assert states[fresh.split(".")[2]] == "spent"
+    assert states[expiring.split(".")[2]] == "unused"
+
+
+async def test_devices_renew_at_half_life_and_a_revoked_one_is_refused(
+    tmp_path: Path,
+    fleet_hub: FleetHub,
+    serves: list[ServeProcess],
+    agent_factory: type[AgentProcess],
+) -> None:
+    fleet = await Fleet.create(fleet_hub, tmp_path / "fleet", "--credential-ttl", "20s")
+    serve(fleet, serves)
+    config_r, data_r, host_r, _ = init_device(tmp_path, "dev-r")
+    config_v, data_v, host_v, ports_v = init_device(tmp_path, "dev-v")
+    ok(enroll(fleet, config_r, fleet.token("role=renews")))
+    ok(enroll(fleet, config_v, fleet.token("role=revoked")))
+    first = jwt.decode(jwt.read_creds(data_r / "keys" / "upstream.creds").jwt).claims
+    agent_r = agent_factory(config_r, data_r).start()
+    agent_v = agent_factory(config_v, data_v).start()
+    agent_r.wait_ready()
+    agent_v.wait_ready()
+    await wait_for_hosts(fleet_hub.client_url, fleet_hub.client_creds, {host_r, host_v})
+
+    revoked = run_cli(
+        "fleet", "revoke", host_v, "--dir", str(fleet.path),
+        "--operator-seed", str(fleet_hub.operator_seed),
+        "--account-jwt", str(fleet_hub.account_jwt),
+    )  # fmt: skip
+    assert revoked.returncode == 0, revoked.stderr
+
+    def renewed() -> dict[str, object] | None:
+        claims = jwt.decode(jwt.read_creds(data_r / "keys" / "upstream.creds").jwt).claims
+        return claims if claims["iat"] != first["iat"] else None
+
+    second = wait_until(renewed, 40, "device R to renew its credentials")
+    assert second["exp"] > first["exp"] and second["sub"] == first["sub"]
+    # Past the first JWT's expiry R is still on the hub, with its renewed credentials.
+    await asyncio.sleep(max(0.0, first["exp"] - time.time() + 1))
+    await wait_for_hosts(fleet_hub.client_url, fleet_hub.client_creds, {host_r})
+
+    def says_revoked() -> str | None:
+        status = run_cli("status", "--config", str(config_v))
+        return status.stdout if "credentials: revoked" in status.stdout else None
+
+    wait_until(says_revoked, 40, "status to say the credentials are revoked")
+    assert "refused to renew" in agent_v.log()
+    # V keeps serving its own lattice.
+    async with connected(f"nats://127.0.0.1:{ports_v['client']}") as local:
+        inventory = await local.request(f"wasmbus.ctl.default.get.{host_v}.inv", b"", timeout=5)
+        assert json.loads(inventory.data)["host_id"] == host_v
+    # Once the hub has the re-signed account JWT, V's credentials are refused outright.
+    await fleet_hub.push_account()
+    refusal = await connection_refused(fleet_hub.client_url, data_v / "keys" / "upstream.creds")
+    assert refusal is not None and "Authorization Violation" in refusal
+    assert (
+        await connection_refused(fleet_hub.client_url, data_r / "keys" / "upstream.creds") is None
+    )
+    devices = {d["host_key"]: d for d in fleet.devices()}
+    assert devices[host_v]["revoked"] and not devices[host_r]["revoked"]
+    assert devices[host_r]["last_renew"]
+    assert agent_v.process is not None and agent_v.process.poll() is None
+
+    # Without the operator seed, revoke says what to run with nsc.
+    config_w, _, host_w, _ = init_device(tmp_path, "dev-w")
+    ok(enroll(fleet, config_w, fleet.token()))
+    printed = ok(run_cli("fleet", "revoke", host_w, "--dir", str(fleet.path)))
+    user_w = next(d for d in fleet.devices() if d["host_key"] == host_w)["user_key"]
+    assert (
+        f'nsc revocations add-user --account "$FLEET_ACCOUNT" --user-public-key {user_w}' in printed
+    )
+    assert agent_r.terminate() == 0 and agent_v.terminate() == 0
