@@ -19,8 +19,9 @@ from typing import Any
 import nats
 from lattice_testing import CLI, Hub, free_port, run_cli, wait_until
 
+from agent.fleet import protocol
 from agent.identity import jwt
-from agent.identity.keys import KeyKind, generate, write_seed_file
+from agent.identity.keys import KeyKind, KeyPair, generate, write_seed_file
 
 
 class FleetHub(Hub):
@@ -284,3 +285,38 @@ async def connection_refused(url: str, creds: Path) -> str | None:
     )  # fmt: skip
     out, _ = await asyncio.wait_for(probe.communicate(), 30)
     return out.decode().strip() or None
+
+
+def bootstrap_inbox(fleet: Fleet) -> str:
+    return "_INBOX_" + str(jwt.decode(jwt.read_creds(fleet.bootstrap).jwt).claims["name"])
+
+
+async def enroll_by_hand(
+    fleet: Fleet, token: str, *, sign_user: KeyPair | None = None, sign_host: KeyPair | None = None
+) -> dict[str, object]:
+    """The enrollment exchange spoken directly, optionally signed with the wrong keys."""
+    user, host = generate(KeyKind.USER), generate(KeyKind.SERVER)
+    token_id = token.split(".")[2] if token.count(".") == 3 else "AAAAAAAAAA"
+    base = f"lattice-edge.fleet.{fleet.fleet_id}.enroll"
+    async with connected(fleet.hub.client_url, fleet.bootstrap,
+                         inbox_prefix=bootstrap_inbox(fleet)) as boot:  # fmt: skip
+        challenge = json.loads(
+            (
+                await boot.request(
+                    f"{base}.challenge", protocol.canonical_json({"token_id": token_id})
+                )
+            ).data
+        )
+        message = protocol.enroll_message(
+            fleet.fleet_id, challenge["nonce"], token_id, user.public_key, host.public_key
+        )
+        body = {
+            "token": token, "nonce": challenge["nonce"], "user_key": user.public_key,
+            "host_key": host.public_key,
+            "user_signature": protocol.b64((sign_user or user).sign(message)),
+            "host_signature": protocol.b64((sign_host or host).sign(message)),
+            "facts": {}, "labels": {},
+        }  # fmt: skip
+        reply = await boot.request(f"{base}.complete", protocol.canonical_json(body), timeout=5)
+    result: dict[str, object] = json.loads(reply.data)
+    return result

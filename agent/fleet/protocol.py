@@ -58,6 +58,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_STRING = 4096
 MAX_ENTRIES = 64
 MAX_CLOCK_SKEW_S = 300
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
 
@@ -147,8 +148,8 @@ class Fields:
     def signature(self, key: str) -> bytes:
         text = self.string(key, limit=128)
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
+            raw = b64decode(text)
+        except ValueError:
             raise _bad(f"{self.what}: '{key}' is not base64url") from None
         if len(raw) != 64:
             raise _bad(f"{self.what}: '{key}' must be a 64-byte Ed25519 signature")
@@ -200,9 +201,11 @@ def b64(raw: bytes) -> str:
 
 
 def b64decode(text: str) -> bytes:
-    """Inverse of :func:`b64`; ValueError when ``text`` is not base64url."""
+    """Inverse of :func:`b64`; ValueError when ``text`` is not strictly base64url."""
+    if not _B64URL.match(text):
+        raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("not base64url") from exc
 

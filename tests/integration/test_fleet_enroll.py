@@ -19,6 +19,7 @@ from fleet_testing import (
     connected,
     connection_refused,
     enroll,
+    enroll_by_hand,
     init_device,
     ok,
     one_error_line,
@@ -26,9 +27,8 @@ from fleet_testing import (
 )
 from lattice_testing import AgentProcess, run_cli, wait_until
 
-from agent.fleet import protocol
 from agent.identity import jwt
-from agent.identity.keys import KeyKind, KeyPair, generate
+from agent.identity.keys import KeyKind, generate
 
 pytestmark = pytest.mark.integration
 
@@ -179,41 +179,6 @@ async def test_two_devices_enroll_join_the_hub_and_stay_in_their_lanes(
     assert status["credentials"]["status"] == "active"
     assert status["upstream"]["connected"] is True
     assert agent_a.terminate() == 0 and agent_b.terminate() == 0
-
-
-def bootstrap_inbox(fleet: Fleet) -> str:
-    return "_INBOX_" + str(jwt.decode(jwt.read_creds(fleet.bootstrap).jwt).claims["name"])
-
-
-async def enroll_by_hand(
-    fleet: Fleet, token: str, *, sign_user: KeyPair | None = None, sign_host: KeyPair | None = None
-) -> dict[str, object]:
-    """The enrollment exchange spoken directly, optionally signed with the wrong keys."""
-    user, host = generate(KeyKind.USER), generate(KeyKind.SERVER)
-    token_id = token.split(".")[2] if token.count(".") == 3 else "AAAAAAAAAA"
-    base = f"lattice-edge.fleet.{fleet.fleet_id}.enroll"
-    async with connected(fleet.hub.client_url, fleet.bootstrap,
-                         inbox_prefix=bootstrap_inbox(fleet)) as boot:  # fmt: skip
-        challenge = json.loads(
-            (
-                await boot.request(
-                    f"{base}.challenge", protocol.canonical_json({"token_id": token_id})
-                )
-            ).data
-        )
-        message = protocol.enroll_message(
-            fleet.fleet_id, challenge["nonce"], token_id, user.public_key, host.public_key
-        )
-        body = {
-            "token": token, "nonce": challenge["nonce"], "user_key": user.public_key,
-            "host_key": host.public_key,
-            "user_signature": protocol.b64((sign_user or user).sign(message)),
-            "host_signature": protocol.b64((sign_host or host).sign(message)),
-            "facts": {}, "labels": {},
-        }  # fmt: skip
-        reply = await boot.request(f"{base}.complete", protocol.canonical_json(body), timeout=5)
-    result: dict[str, object] = json.loads(reply.data)
-    return result
 
 
 async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_error(
