@@ -35,6 +35,8 @@ logger = logging.getLogger("lattice_edge.enroll")
 
 RETRY_INITIAL_S = 2.0
 RETRY_MAX_S = 60.0
+LINK_WAIT_S = 15.0
+LINK_SETTLE_S = 0.3
 REFUSALS = {"revoked": "revoked", "superseded": "refused", "unknown-device": "refused"}
 
 
@@ -53,6 +55,10 @@ class DeviceLink:
 
     async def run(self) -> None:
         """Serve until cancelled; no error ends it (one error policy for background work)."""
+        try:
+            await self._announce_when_linked()
+        except Exception:  # the periodic heartbeat still announces the host
+            logger.exception("announcing the host upstream failed")
         while True:
             delay = await asyncio.to_thread(self._seconds_to_renewal)
             with contextlib.suppress(TimeoutError):
@@ -147,6 +153,7 @@ class DeviceLink:
         logger.info("renewed the upstream credentials; they now expire at %s",
                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reply.expires_at)))  # fmt: skip
         await self.host.leaf.restart()
+        await self._announce_when_linked()
 
     # --- reload --------------------------------------------------------------------------
 
@@ -176,9 +183,32 @@ class DeviceLink:
         if new.upstream != old.upstream:
             host.write_leaf_config()
             await host.leaf.restart()
-            logger.info("SIGHUP: the leaf reconnected with the new upstream")
+            logger.info("SIGHUP: the leaf restarted with the new upstream")
+            await self._announce_when_linked()
         else:
             logger.info("SIGHUP: configuration re-read")
+
+    async def _announce_when_linked(self, timeout: float = LINK_WAIT_S) -> None:
+        """Heartbeat as soon as the upstream link is up, so the cloud sees this host (with
+        its labels) at once instead of at the next periodic heartbeat; events published
+        before the link was up went nowhere."""
+        from agent.leaf.monitor import MonitorError, get_json
+
+        host = self.host
+        if host.config.upstream is None or host.control is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, leafz = await get_json(host.config.leaf.monitor, "/leafz", timeout=1.0)
+            except MonitorError:
+                leafz = None
+            linked = isinstance(leafz, dict) and int(leafz.get("leafnodes") or 0) > 0
+            if linked and host.nats is not None and host.nats.is_connected:
+                await asyncio.sleep(LINK_SETTLE_S)  # the hub's interest reaches the leaf
+                host.control.heartbeat()
+                return
+            await asyncio.sleep(0.2)
 
     def _apply_identity(self) -> None:
         from agent.lattice.control import host_labels

@@ -156,12 +156,16 @@ class ControlServer:
         except Exception as exc:  # a closed connection during shutdown is not an error
             logger.debug("publishing %s failed: %s", subject, exc)
 
+    def heartbeat(self) -> None:
+        """Publish one ``host_heartbeat`` now (also when the upstream link comes up)."""
+        data = events.host_heartbeat(self.inventory())
+        if self._resources is not None:
+            data["resources"] = self._resources()
+        self.emit("host_heartbeat", data)
+
     async def _beat(self, interval: float) -> None:
         while True:
-            data = events.host_heartbeat(self.inventory())
-            if self._resources is not None:
-                data["resources"] = self._resources()
-            self.emit("host_heartbeat", data)
+            self.heartbeat()
             await asyncio.sleep(interval)
 
     # --- views ---------------------------------------------------------------------------

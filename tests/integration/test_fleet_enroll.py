@@ -96,9 +96,15 @@ async def test_two_devices_enroll_join_the_hub_and_stay_in_their_lanes(
     config_a, data_a, host_a, ports_a = init_device(tmp_path, "dev-a")
     agent_a = agent_factory(config_a, data_a).start()
     agent_a.wait_ready()
-    result = enroll(fleet, config_a, token_a)
-    assert result.stdout.strip() == host_a, result.stderr
-    assert "asked to reconnect its leaf" in result.stderr
+    async with connected(fleet_hub.client_url, fleet_hub.client_creds) as cloud:
+        beats = await cloud.subscribe("wasmbus.evt.default.host_heartbeat")
+        await cloud.flush()
+        result = enroll(fleet, config_a, token_a)
+        assert result.stdout.strip() == host_a, result.stderr
+        assert "asked to reconnect its leaf" in result.stderr
+        # A announces itself as soon as its new link is up, well before its 30 s heartbeat.
+        beat = json.loads((await beats.next_msg(timeout=15)).data)
+        assert beat["source"] == host_a and beat["data"]["labels"]["site"] == "a"
     # Device B is enrolled first, then started.
     config_b, data_b, host_b, _ = init_device(tmp_path, "dev-b")
     assert ok(enroll(fleet, config_b, token_b)).strip() == host_b
@@ -189,7 +195,7 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     serve(fleet, serves)
     serve(other, serves)
 
-    config, data, _, _ = init_device(tmp_path, "dev-c")
+    config, data, host_c, _ = init_device(tmp_path, "dev-c")
     token = fleet.token("site=c")
     ok(enroll(fleet, config, token))
     creds = (data / "keys" / "upstream.creds").read_bytes()
@@ -199,6 +205,11 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     assert "already used" in line and "create a new token" in line
     assert (data / "keys" / "upstream.creds").read_bytes() == creds
     assert config.read_text() == config_text
+    # A new token re-enrolls it: explicit, logged, and its old user key is superseded.
+    ok(enroll(fleet, config, fleet.token("site=c2")))
+    [device] = [d for d in fleet.devices() if d["host_key"] == host_c]
+    assert device["labels"]["site"] == "c2" and len(device["previous_user_keys"]) == 1
+    assert f"host {host_c} re-enrolled" in serves[0].log()
 
     config_d, data_d, _, _ = init_device(tmp_path, "dev-d")
     before = config_d.read_text()
