@@ -161,10 +161,7 @@ class Registrar:
         else:
             raise _refused("the token is being used concurrently; try again", "token-busy", 409)
         await _failpoint("after-spend")
-        token_record = await self.store.get(f"token.{token.token_id}")
-        labels = dict(request.labels)
-        if token_record is not None:
-            labels.update(token_record.value.get("labels") or {})
+        labels = {**request.labels, **(value.get("labels") or {})}
         expires_at = now + self.fleet.credential_ttl_s
         await self._save_device(request, token.token_id, labels, now, expires_at)
         user_jwt = self._mint(request.user_key, request.host_key, expires_at)

@@ -28,13 +28,18 @@ __all__ = ["FleetService", "run_service"]
 logger = logging.getLogger("lattice_edge.fleet")
 
 Handler = Callable[[str, bytes], Awaitable[dict[str, Any]]]
+MAX_IN_FLIGHT = 64
 
 
 class FleetService:
     """The micro service: endpoints wired to the registrar (and, later, the rollout)."""
 
-    def __init__(self, nats_client: Any, registrar: Registrar) -> None:
+    def __init__(
+        self, nats_client: Any, registrar: Registrar, *, tasks: asyncio.TaskGroup | None = None
+    ) -> None:
         self._nats = nats_client
+        self._tasks = tasks
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.registrar = registrar
         self.fleet = registrar.fleet
         self._service: Any = None
@@ -90,8 +95,31 @@ class FleetService:
             )
         for name, subject, handler in endpoints:
             await self._service.add_endpoint(
-                name=name, subject=subject, handler=guarded(handler, name)
+                name=name, subject=subject, handler=self._concurrent(guarded(handler, name))
             )
+
+    def _concurrent(
+        self, handle: Callable[[Any], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        """nats-py runs one subscription's callbacks one after another; serve up to
+        MAX_IN_FLIGHT requests at once instead, in the service's task group (requests wait
+        for KV round trips, and revisions keep concurrent ones as safe as two processes)."""
+        tasks = self._tasks
+        if tasks is None:
+            return handle
+
+        async def dispatch(request: Any) -> None:
+            await self._slots.acquire()
+
+            async def run() -> None:
+                try:
+                    await handle(request)
+                finally:
+                    self._slots.release()
+
+            tasks.create_task(run())
+
+        return dispatch
 
     def _admin_handler(self, op: str) -> Handler:
         async def handle(_subject: str, body: bytes) -> dict[str, Any]:
@@ -105,12 +133,22 @@ class FleetService:
 
         return handle
 
-    async def stop(self) -> None:
-        """Deregister; requests in flight finish on their own."""
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Deregister, then give the requests in flight ``drain_timeout`` s to finish."""
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
             self._service = None
+        taken = 0
+        try:
+            async with asyncio.timeout(drain_timeout):
+                for _ in range(MAX_IN_FLIGHT):
+                    await self._slots.acquire()
+                    taken += 1
+        except TimeoutError:
+            logger.warning("stopping with %d request(s) unfinished", MAX_IN_FLIGHT - taken)
+        for _ in range(taken):
+            self._slots.release()
 
 
 def guarded(handler: Handler, name: str) -> Callable[[Any], Awaitable[None]]:
@@ -196,8 +234,8 @@ async def run_service(
     service: FleetService | None = None
     try:
         store = await FleetStore(nats_client, fleet.fleet_id).open()
-        service = FleetService(nats_client, Registrar(fleet, store))
-        async with asyncio.TaskGroup():
+        async with asyncio.TaskGroup() as tasks:
+            service = FleetService(nats_client, Registrar(fleet, store), tasks=tasks)
             await service.start()
             if on_ready is not None:
                 on_ready(fleet.fleet_id)
@@ -210,7 +248,7 @@ async def run_service(
         raise group.exceptions[0] from None
     finally:
         if service is not None:
-            await service.stop()
+            await service.stop(drain_timeout=0.5)  # already drained unless it failed
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nats_client.drain(), 5)
         for sig in (signal.SIGTERM, signal.SIGINT):
