@@ -198,7 +198,7 @@ class DeviceLink:
         if host.config.upstream is None or host.control is None:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._reload.is_set():
             try:
                 _, leafz = await get_json(host.config.leaf.monitor, "/leafz", timeout=1.0)
             except MonitorError:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 from lattice_testing import CLI, Hub, free_port, run_cli, wait_until
 
 from agent.fleet import protocol
@@ -320,3 +321,19 @@ async def enroll_by_hand(
         reply = await boot.request(f"{base}.complete", protocol.canonical_json(body), timeout=5)
     result: dict[str, object] = json.loads(reply.data)
     return result
+
+
+def free_port_url() -> str:
+    """A leafnode URL nothing listens on (a device's link cut)."""
+    return f"nats-leaf://127.0.0.1:{free_port()}"
+
+
+async def seen_hosts(fleet: Fleet) -> set[str]:
+    """Hosts the fleet's reconciler has recorded (``host.*`` in its KV bucket)."""
+    async with connected(fleet.hub.client_url, fleet.hub.client_creds) as client:
+        kv = await client.jetstream().key_value(f"LEFLEET_{fleet.fleet_id}")
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return set()
+    return {key.split(".", 1)[1] for key in keys if key.startswith("host.")}

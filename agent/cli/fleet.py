@@ -437,3 +437,108 @@ def fleet_revoke(
             f'nsc revocations add-user --account "$FLEET_ACCOUNT" --user-public-key {user} --at 0'
         )
     click.echo('nsc push --account "$FLEET_ACCOUNT"')
+
+
+# --- rollout -----------------------------------------------------------------------------------
+
+
+@fleet.command("deploy")
+@dir_option
+@click.argument("name")
+@click.argument("module", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--selector",
+    "selector",
+    multiple=True,
+    callback=_labels,
+    help="K=V: run on hosts with this label; repeatable (all must match).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Instances on each matching host.",
+)
+@click.option(
+    "--max-unavailable",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Hosts updated at once when the module changes.",
+)
+@json_option
+def fleet_deploy(
+    fleet_dir: Path | None, name: str, module: Path, selector: dict[str, str], count: int,
+    max_unavailable: int, as_json: bool,
+) -> None:  # fmt: skip
+    """Run MODULE as NAME on every host matching the selector (deploy again to update)."""
+    from agent.errors import ModuleFormatError
+    from agent.fleet.deploy import deploy
+    from agent.lattice.refs import MAX_MODULE_BYTES
+
+    fleet_config = _fleet(fleet_dir)
+    if module.stat().st_size > MAX_MODULE_BYTES:
+        raise ModuleFormatError(f"{module} is larger than {MAX_MODULE_BYTES} bytes")
+    data = module.read_bytes()
+    reply = asyncio.run(deploy(fleet_config, name, data, selector=selector, count=count,
+                               max_unavailable=max_unavailable))  # fmt: skip
+    record = reply["deployment"]
+
+    def text() -> str:
+        what = "deployed" if reply.get("changed") else "unchanged:"
+        where = ",".join(f"{k}={v}" for k, v in record["selector"].items()) or "every host"
+        return (f"{what} {record['name']} version {record['version']} ({record['actor_id']}, "
+                f"sha256 {record['sha256'][:16]}) x{record['count']} on {where}")  # fmt: skip
+
+    _print(reply, as_json, text)
+
+
+@fleet.command("undeploy")
+@dir_option
+@click.argument("name")
+def fleet_undeploy(fleet_dir: Path | None, name: str) -> None:
+    """Stop NAME on every host."""
+    reply = _admin(fleet_dir, lambda c: c.call("undeploy", {"name": name}))
+    click.echo(f"undeployed {name} (version {reply['deployment']['version']})", err=True)
+
+
+@fleet.command("deployments")
+@dir_option
+@json_option
+def fleet_deployments(fleet_dir: Path | None, as_json: bool) -> None:
+    """List deployments."""
+    reply = _admin(fleet_dir, lambda c: c.call("deployments"))
+
+    def text() -> str:
+        rows = [f"{'name':20} {'ver':>4} {'state':8} {'count':>5} {'sha256':16} selector"]
+        for d in reply["deployments"]:
+            selector = ",".join(f"{k}={v}" for k, v in d["selector"].items()) or "*"
+            rows.append(f"{d['name']:20} {d['version']:>4} {d['state']:8} {d['count']:>5} "
+                        f"{d['sha256'][:16]:16} {selector}")  # fmt: skip
+        return "\n".join(rows)
+
+    _print(reply, as_json, text)
+
+
+@fleet.command("status")
+@dir_option
+@click.argument("name")
+@json_option
+def fleet_status(fleet_dir: Path | None, name: str, as_json: bool) -> None:
+    """Per matching host: running, pending, failed, or never seen."""
+    reply = _admin(fleet_dir, lambda c: c.call("status", {"name": name}))
+
+    def text() -> str:
+        d = reply["deployment"]
+        rows = [f"{d['name']} version {d['version']} ({d['state']}), sha256 {d['sha256'][:16]}",
+                f"{'host':56} {'name':14} {'state':10} {'inst':>4} {'sha256':16} {'since':19} "
+                "detail"]  # fmt: skip
+        for h in reply["hosts"]:
+            detail = h.get("error") or h.get("reason") or ""
+            rows.append(f"{h['host_id']:56} {(h.get('name') or '-')[:14]:14} {h['state']:10} "
+                        f"{h.get('instances') or 0:>4} {(h.get('sha256') or '-')[:16]:16} "
+                        f"{_when(h.get('since')):19} {detail}")  # fmt: skip
+        return "\n".join(rows)
+
+    _print(reply, as_json, text)

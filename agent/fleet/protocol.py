@@ -50,6 +50,7 @@ __all__ = [
     "parse_renew",
     "parse_renew_reply",
     "parse_reply",
+    "printable",
     "renew_message",
     "signature_ok",
 ]
@@ -105,7 +106,7 @@ class Fields:
     def __init__(self, table: dict[str, Any], what: str, known: set[str]) -> None:
         unknown = sorted(set(table) - known)
         if unknown:
-            raise _bad(f"{what}: unknown field '{_printable(unknown[0])}'")
+            raise _bad(f"{what}: unknown field '{printable(unknown[0])}'")
         self.table = table
         self.what = what
 
@@ -180,7 +181,7 @@ def check_labels(value: object, what: str) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not _LABEL_KEY.match(k):
             raise _bad(
-                f"{what}: '{_printable(str(k))}' is not a label name (letters, digits, . _ / -)"
+                f"{what}: '{printable(str(k))}' is not a label name (letters, digits, . _ / -)"
             )
         if not isinstance(v, str):
             raise _bad(f"{what}: label '{k}' must be a string, not {_kind(v)}")
@@ -190,7 +191,7 @@ def check_labels(value: object, what: str) -> dict[str, str]:
     return labels
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` made safe to quote in an error or a log line."""
     return text[:64].encode("unicode_escape").decode("ascii")
 
@@ -361,7 +362,7 @@ def parse_reply(data: bytes, headers: Mapping[str, str] | None, what: str) -> di
         except (TypeError, ValueError):
             code = 500
         error = body["error"]
-        message = error[:500] if isinstance(error, str) else _printable(str(error))
+        message = error[:500] if isinstance(error, str) else printable(str(error))
         raise FleetRequestError(
             f"{what}: {message}",
             code=code,

@@ -32,7 +32,7 @@ from agent.fleet.tokens import check_token_id, new_token, parse_token
 from agent.identity import jwt
 from agent.identity.keys import KeyKind
 
-__all__ = ["FAILPOINT_ENV", "NONCE_TTL_S", "Registrar"]
+__all__ = ["FAILPOINT_ENV", "NONCE_TTL_S", "Registrar", "failpoint"]
 
 logger = logging.getLogger("lattice_edge.fleet")
 
@@ -42,9 +42,9 @@ MAX_TOKEN_LIFETIME_S = 365 * 86400
 FAILPOINT_ENV = "LATTICE_EDGE_TEST_FLEET_FAILPOINT"
 
 
-async def _failpoint(name: str) -> None:
-    # Test hook for crash-safety tests: park this request so the test can kill -9 the
-    # service at exactly this step. Only the test suite's own variable enables it.
+async def failpoint(name: str) -> None:
+    """Test hook for crash-safety tests: park here so the test can kill -9 the service at
+    exactly this step. Only the test suite's own variable (``LATTICE_EDGE_TEST_…``) sets it."""
     if os.environ.get(FAILPOINT_ENV) == name:
         logger.warning("failpoint %s reached; waiting to be killed", name)
         await asyncio.sleep(3600)
@@ -160,7 +160,7 @@ class Registrar:
             break
         else:
             raise _refused("the token is being used concurrently; try again", "token-busy", 409)
-        await _failpoint("after-spend")
+        await failpoint("after-spend")
         labels = {**request.labels, **(value.get("labels") or {})}
         expires_at = now + self.fleet.credential_ttl_s
         await self._save_device(request, token.token_id, labels, now, expires_at)

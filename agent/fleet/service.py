@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -235,12 +236,17 @@ async def run_service(
     try:
         store = await FleetStore(nats_client, fleet.fleet_id).open()
         async with asyncio.TaskGroup() as tasks:
+            from agent.fleet.deploy import attach_rollout
+
             service = FleetService(nats_client, Registrar(fleet, store), tasks=tasks)
+            owner = f"serve-{nats_client.client_id}-{os.getpid()}"
+            reconciler = await attach_rollout(service, nats_client, store, tasks, owner=owner)
             await service.start()
             if on_ready is not None:
                 on_ready(fleet.fleet_id)
             await stop.wait()
             await service.stop()
+            await reconciler.stop()
             raise _Stopped
     except* _Stopped:
         pass
