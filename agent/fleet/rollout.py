@@ -37,6 +37,7 @@ from agent.errors import FleetStoreError, LatticeEdgeError
 from agent.fleet.deployments import ANNOTATION, VERSION_ANNOTATION, Deployment, labels_match
 from agent.fleet.inventory import ActorSeen, parse_inventory, sha_of
 from agent.fleet.registrar import failpoint
+from agent.fleet.rollout_records import UNREACHABLE_PROBE_S, RolloutRecords
 from agent.fleet.store import Conflict, FleetStore, Record
 from agent.identity.keys import KeyKind, is_public_key
 from agent.lattice import subjects as lattice_subjects
@@ -49,8 +50,6 @@ WORKERS = 8
 INVENTORY_TIMEOUT_S = 3.0
 AUCTION_WAIT_S = 1.0
 MAX_EVENT_BYTES = 256 * 1024
-HOST_REFRESH_S = 60
-UNREACHABLE_PROBE_S = 30
 RETRY_INITIAL_S = 2.0
 _EVENT_PREFIX = "com.wasmcloud.lattice."
 
@@ -87,6 +86,7 @@ class Reconciler:
         self._waiting: dict[str, set[str]] = {}  # deployment -> hosts waiting for a slot
         self._ready = asyncio.Event()
         self._subscription: Any = None
+        self.records = RolloutRecords(store, owner=owner, lease_s=lease_s)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class Reconciler:
         except (ValueError, TypeError) as exc:
             logger.warning("host %s sent an unusable inventory: %s", host_id, exc)
             return
-        await self._save_host(host_id, name, labels, actors, now)
+        await self.records.save_host(host_id, name, labels, actors, now)
         failures = self._failures.pop(host_id, [])
         for deployment in list(self.deployments.values()):
             try:
@@ -267,48 +267,14 @@ class Reconciler:
             except FleetStoreError as exc:
                 logger.warning("deployment %s on %s: %s", deployment.name, host_id, exc)
 
-    async def _save_host(
-        self,
-        host_id: str,
-        name: str,
-        labels: dict[str, str],
-        actors: dict[str, ActorSeen],
-        now: float,
-    ) -> None:
-        key = f"host.{host_id}"
-        value = {
-            "host_id": host_id,
-            "name": name,
-            "labels": labels,
-            "actors": {
-                a.actor_id: {"image_ref": a.image_ref, "count": a.count, "deployment": a.deployment}
-                for a in actors.values()
-            },
-            "unreachable_since": None,
-        }
-        record = await self.store.get(key)
-        old = dict(record.value) if record is not None else {}
-        last_seen = float(old.pop("last_seen", 0) or 0)
-        old.pop("probed_at", None)
-        if old != value or now - last_seen > HOST_REFRESH_S:
-            await self.store.put(key, {**value, "last_seen": int(now), "probed_at": int(now)})
-
     async def _unreachable(self, host_id: str, now: float) -> None:
-        record = await self.store.get(f"host.{host_id}")
-        if record is None:
+        since = await self.records.unreachable(host_id, now)
+        if since is None:
             return  # never seen: nothing to say about it
-        since = record.value.get("unreachable_since") or int(now)
-        if (
-            record.value.get("unreachable_since") is None
-            or now - float(record.value.get("probed_at") or 0) > UNREACHABLE_PROBE_S
-        ):
-            await self.store.put(
-                record.key, {**record.value, "unreachable_since": since, "probed_at": int(now)}
-            )
         for deployment in self.deployments.values():
-            status = await self.store.get(f"status.{deployment.name}.{host_id}")
+            status = await self.records.status(deployment, host_id)
             if status is not None and status.value.get("reason") != "host unreachable":
-                await self._write_status(
+                await self.records.write_status(
                     status,
                     deployment,
                     host_id,
@@ -335,11 +301,10 @@ class Reconciler:
             or (a.deployment is None and a.actor_id == deployment.actor_id)
         }
         wanted = deployment.active and labels_match(labels, deployment.selector)
-        key = f"status.{deployment.name}.{host_id}"
-        status = await self.store.get(key)
+        status = await self.records.status(deployment, host_id)
         if not wanted and not ours:
             if status is not None:
-                await self.store.delete(key, last=status.revision)
+                await self.records.delete_status(status)
             await self._release_slot(deployment, host_id)
             return
         current = ours.get(deployment.actor_id) if wanted else None
@@ -392,9 +357,9 @@ class Reconciler:
             }
             await self._command(status, deployment, host_id, "start", attempts, now, [("la", body)])
         elif current.image_ref != deployment.actor_ref:
-            if not await self._take_slot(deployment, host_id, now):
+            if not await self.records.take_slot(deployment, host_id, now):
                 self._waiting.setdefault(deployment.name, set()).add(host_id)
-                await self._write_status(
+                await self.records.write_status(
                     status,
                     deployment,
                     host_id,
@@ -439,50 +404,6 @@ class Reconciler:
 
     # --- writing status and sending commands -----------------------------------------------
 
-    async def _write_status(
-        self,
-        status: Record | None,
-        deployment: Deployment,
-        host_id: str,
-        state: str,
-        now: float,
-        *,
-        lease: bool,
-        reason: str | None = None,
-        since: float | None = None,
-        **extra: Any,
-    ) -> None:
-        """Write the status record; a lease (``lease=True``) is always written, against the
-        revision read, so of two reconcilers only one gets it (the other sees Conflict)."""
-        old = status.value if status is not None else {}
-        value = {
-            "host_id": host_id,
-            "state": state,
-            "version": deployment.version,
-            "since": int(since or (old.get("since") if old.get("state") == state else now) or now),
-            "reason": reason,
-            "error": extra.pop("error", None),
-            "attempts": extra.pop("attempts", old.get("attempts", 0)),
-            "retry_at": extra.pop("retry_at", 0),
-            "owner": self.owner if lease else None,
-            "lease_until": now + self.lease_s if lease else 0,
-            "instances": extra.pop("instances", old.get("instances", 0)),
-            "sha256": extra.pop("sha256", old.get("sha256")),
-            **extra,
-        }
-        comparable = {k: v for k, v in value.items() if k not in ("since", "lease_until")}
-        if (
-            not lease
-            and status is not None
-            and comparable == {k: v for k, v in old.items() if k not in ("since", "lease_until")}
-        ):
-            return
-        key = f"status.{deployment.name}.{host_id}"
-        if status is None:
-            await self.store.create(key, value)
-        else:
-            await self.store.update(key, value, status.revision)
-
     async def _running(
         self,
         status: Record | None,
@@ -499,7 +420,7 @@ class Reconciler:
                 host_id,
                 actor.count,
             )
-        await self._write_status(
+        await self.records.write_status(
             status,
             deployment,
             host_id,
@@ -530,7 +451,7 @@ class Reconciler:
             error,
             delay,
         )
-        await self._write_status(
+        await self.records.write_status(
             status,
             deployment,
             host_id,
@@ -558,7 +479,7 @@ class Reconciler:
         from agent.lattice.client import LatticeClient
 
         state = "updating" if op == "update" else "pending"
-        await self._write_status(
+        await self.records.write_status(
             status,
             deployment,
             host_id,
@@ -575,47 +496,13 @@ class Reconciler:
             try:
                 await client.command(host_id, verb, body)
             except LatticeEdgeError as exc:
-                fresh = await self.store.get(f"status.{deployment.name}.{host_id}")
+                fresh = await self.records.status(deployment, host_id)
                 await self._failed(fresh, deployment, host_id, str(exc), attempts, now)
                 return
         logger.info("%s v%d: %s on %s", deployment.name, deployment.version, op, host_id)
         asyncio.get_running_loop().call_later(self.lease_s + 0.5, self.mark, host_id)
 
-    # --- update slots ----------------------------------------------------------------------
-
-    async def _take_slot(self, deployment: Deployment, host_id: str, now: float) -> bool:
-        lease = now + 2 * self.lease_s
-        mine = {
-            "host_id": host_id,
-            "version": deployment.version,
-            "owner": self.owner,
-            "lease_until": lease,
-        }
-        for index in range(deployment.max_unavailable):
-            key = f"slot.{deployment.name}.{index}"
-            record = await self.store.get(key)
-            try:
-                if record is None:
-                    await self.store.create(key, mine)
-                    return True
-                held = record.value
-                if (
-                    held.get("host_id") == host_id
-                    or float(held.get("lease_until") or 0) < now
-                    or held.get("version") != deployment.version
-                ):
-                    await self.store.update(key, mine, record.revision)
-                    return True
-            except Conflict:
-                continue
-        return False
-
     async def _release_slot(self, deployment: Deployment, host_id: str) -> None:
-        for index in range(deployment.max_unavailable):
-            key = f"slot.{deployment.name}.{index}"
-            record = await self.store.get(key)
-            if record is not None and record.value.get("host_id") == host_id:
-                with contextlib.suppress(Conflict):
-                    await self.store.delete(key, last=record.revision)
-                for waiting in self._waiting.pop(deployment.name, set()):
-                    self.mark(waiting)
+        if await self.records.release_slot(deployment, host_id):
+            for waiting in self._waiting.pop(deployment.name, set()):
+                self.mark(waiting)
