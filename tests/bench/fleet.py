@@ -1,6 +1,6 @@
 """Fleet enrollment (and rollout) figures, each against a baseline measured in the same run.
 
-    .venv/bin/python tests/bench/fleet.py [--enrollments 200] [--devices 3]
+    .venv/bin/python tests/bench/fleet.py [--enrollments 200] [--devices 3] [--hosts 10]
 
 A hub in operator mode with a ``full`` resolver (the NGS stand-in), one ``fleet serve``:
 
@@ -10,7 +10,11 @@ A hub in operator mode with a ``full`` resolver (the NGS stand-in), one ``fleet 
   enrollment cannot do without (a KV ``create``);
 * time from ``lattice-edge enroll`` on a running agent to its first heartbeat at the hub;
   the baseline is the bare start of the same CLI (``lattice-edge --version``), the floor of
-  any command on the device.
+  any command on the device;
+* time from ``fleet deploy`` until ``--hosts`` real, enrolled agents all report the actor
+  started (its ``actor_started`` events at the hub); the baseline is starting another
+  signing of the same module, from the same object store, on the same hosts by hand: one
+  ``cmd.{host}.la`` each from the hub, all at once.
 
 One JSON line per figure.
 """
@@ -37,10 +41,11 @@ from lattice_testing import CLI, AgentProcess, run_cli
 
 from agent.fleet import protocol
 from agent.identity import jwt
-from agent.identity.keys import KeyKind, generate
+from agent.identity.keys import KeyKind, generate, write_seed_file
 from agent.leaf.binary import find_nats_server
 
 IN_FLIGHT = 8
+REPO = Path(__file__).resolve().parents[2]
 
 
 def emit(figure: str, **values: object) -> None:
@@ -142,15 +147,107 @@ async def enroll_to_heartbeat(
     return {"seconds": statistics.median(times), "cli_start_s": statistics.median(floor)}
 
 
+async def deploy_to_hosts(fleet: Fleet, hub: FleetHub, root: Path, count: int) -> dict[str, Any]:
+    from agent.fleet import subjects
+    from agent.fleet.deploy import upload_module
+    from agent.fleet.deployments import object_name
+    from agent.fleet.fleetdir import load_fleet
+    from agent.identity.wascap import sign_module
+
+    agents: list[AgentProcess] = []
+    hosts: list[str] = []
+    for index in range(count):
+        config, data, host, _ = init_device(root, f"roll-{index}")
+        ok(enroll(fleet, config, fleet.token("bench=rollout")))
+        agents.append(AgentProcess(config, data).start())
+        hosts.append(host)
+    for agent in agents:
+        agent.wait_ready(60)
+    issuer = load_issuer(fleet)
+    echo = (REPO / "tests" / "fixtures" / "guests" / "echo.wasm").read_bytes()
+    deployed, _ = sign_module(echo, issuer, "bench-deployed", module_key=generate(KeyKind.MODULE))
+    by_hand, hand_claims = sign_module(echo, issuer, "bench-by-hand",
+                                       module_key=generate(KeyKind.MODULE))  # fmt: skip
+    module_path = root / "bench-deployed.wasm"
+    module_path.write_bytes(deployed)
+    cloud = await nats.connect(hub.client_url, user_credentials=str(hub.client_creds))
+    try:
+        bucket = subjects.actor_bucket(fleet.fleet_id)
+        digest = await upload_module(cloud, bucket, by_hand)
+        domain = load_fleet(fleet.path).js_domain
+        ref = f"nats-os://{bucket}/{object_name(digest)}?domain={domain}"
+
+        async def started_everywhere(start: Any, actor: str) -> float:
+            seen: set[str] = set()
+            done = asyncio.Event()
+
+            async def on_event(msg: Any) -> None:
+                event = json.loads(msg.data)
+                if event.get("type", "").endswith("actor_started") and (
+                    event["data"].get("public_key") == actor and event["source"] in hosts
+                ):
+                    seen.add(event["source"])
+                    if len(seen) == len(hosts):
+                        done.set()
+
+            sub = await cloud.subscribe("wasmbus.evt.default", cb=on_event)
+            await cloud.flush()
+            began = time.perf_counter()
+            await start()
+            await asyncio.wait_for(done.wait(), 180)
+            await sub.unsubscribe()
+            return time.perf_counter() - began
+
+        async def by_hand_start() -> None:
+            body = json.dumps({"actor_ref": ref, "count": 1}).encode()
+            await asyncio.gather(*(
+                cloud.request(f"wasmbus.ctl.default.cmd.{h}.la", body, timeout=10) for h in hosts
+            ))  # fmt: skip
+
+        baseline = await started_everywhere(by_hand_start, hand_claims.subject)
+
+        async def deploy_start() -> None:
+            result = await asyncio.to_thread(run_cli, "fleet", "deploy", "--dir", str(fleet.path),
+                                             "bench", str(module_path), "--selector",
+                                             "bench=rollout")  # fmt: skip
+            assert result.returncode == 0, result.stderr
+
+        actor = sign_claims_subject(deployed)
+        seconds = await started_everywhere(deploy_start, actor)
+    finally:
+        await cloud.close()
+        for agent in agents:
+            agent.terminate()
+    return {"hosts": count, "seconds": round(seconds, 2), "by_hand_s": round(baseline, 2),
+            "ratio": round(seconds / baseline, 2)}  # fmt: skip
+
+
+def load_issuer(fleet: Fleet) -> Any:
+    from agent.identity.keys import load_seed_file
+
+    return load_seed_file(fleet.path.parent / "bench-issuer.nk")
+
+
+def sign_claims_subject(module: bytes) -> str:
+    from agent.identity.wascap import extract_claims
+
+    claims = extract_claims(module)
+    assert claims is not None
+    return claims.subject
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--enrollments", type=int, default=200)
     parser.add_argument("--devices", type=int, default=3, help="enroll-to-heartbeat runs")
+    parser.add_argument("--hosts", type=int, default=10, help="agents for the rollout (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
         with FleetHub(root / "hub", find_nats_server().path) as hub:
-            fleet = await Fleet.create(hub, root / "fleet")
+            issuer = generate(KeyKind.ACCOUNT)
+            write_seed_file(root / "bench-issuer.nk", issuer)
+            fleet = await Fleet.create(hub, root / "fleet", "--trust-issuer", issuer.public_key)
             serve = ServeProcess(fleet.path).start()
             try:
                 rates = await enrollments_per_second(fleet, hub, args.enrollments)
@@ -164,9 +261,16 @@ async def main() -> None:
                     ratio=round(per_s / baseline, 3),
                 )
                 beat = await enroll_to_heartbeat(fleet, hub, root, args.devices)
-                emit("enroll to first heartbeat at the hub (median)", runs=args.devices,
-                     seconds=round(beat["seconds"], 2), cli_start_s=round(beat["cli_start_s"], 2),
-                     ratio=round(beat["seconds"] / beat["cli_start_s"], 2))  # fmt: skip
+                emit(
+                    "enroll to first heartbeat at the hub (median)",
+                    runs=args.devices,
+                    seconds=round(beat["seconds"], 2),
+                    cli_start_s=round(beat["cli_start_s"], 2),
+                    ratio=round(beat["seconds"] / beat["cli_start_s"], 2),
+                )
+                if args.hosts:
+                    figure = await deploy_to_hosts(fleet, hub, root, args.hosts)
+                    emit("deploy until every host has started the actor", **figure)
             finally:
                 serve.stop()
 
