@@ -228,6 +228,7 @@ async def test_deploy_reaches_matching_hosts_late_and_offline_ones_converge_and_
     assert [s[0] for s in running].count("updating") == 1, midway
     assert all(s[1] == sha1 for s in running), midway  # nobody updated yet
     crashing.kill9()
+    serves.append(ServeProcess(fleet.path).start())  # two at once from here on
     serves.append(ServeProcess(fleet.path).start())
     site_a = [a1, a2, a3]
     wait_states(fleet, "greet", {d.host_id: ("running", sha2, 1) for d in site_a}, timeout=90)
