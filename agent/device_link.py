@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.config import load_config
-from agent.enroll import REQUEST_TIMEOUT_S, check_jwt, read_fleet_state, write_fleet_state
 from agent.errors import FleetRequestError, IdentityError, LatticeEdgeError
-from agent.fleet import protocol, subjects
+from agent.fleet_state import read_fleet_state, write_fleet_state
 from agent.identity import jwt
 from agent.identity.keys import KeyPair
 
@@ -104,6 +103,9 @@ class DeviceLink:
 
     async def renew(self) -> None:
         """Ask the fleet for a fresh JWT; on success swap the creds and restart the leaf."""
+        # Only a fleet device gets here: the agent outside any fleet never imports these.
+        from agent.enroll import REQUEST_TIMEOUT_S, check_jwt
+        from agent.fleet import protocol, subjects
         from agent.fleet.request import request_json
 
         config = self.host.config

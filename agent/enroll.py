@@ -27,29 +27,22 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent import __version__
 from agent.config import Config, load_config, locate_config
 from agent.errors import ConfigError, CredsError, FleetRequestError, IdentityError, JWTError
 from agent.fleet import protocol, subjects
 from agent.fleet.tokens import parse_token
-from agent.fsutil import write_atomic, write_secret
+from agent.fleet_state import write_fleet_state
+from agent.fsutil import write_secret
 from agent.identity import jwt
 from agent.identity.host import load_host_keys
 from agent.identity.keys import KeyKind, KeyPair, generate
 
-__all__ = [
-    "FLEET_STATE",
-    "EnrollOutcome",
-    "credentials_status",
-    "enroll",
-    "fleet_of",
-]
+__all__ = ["EnrollOutcome", "enroll", "fleet_of"]
 
 logger = logging.getLogger("lattice_edge.enroll")
 
-FLEET_STATE = "fleet.json"
 PENDING = "enroll-pending.json"
 UPSTREAM_CREDS = "upstream.creds"
 REQUEST_TIMEOUT_S = 10.0
@@ -68,52 +61,6 @@ def fleet_of(token: str) -> str | None:
         if isinstance(tag, str) and tag.startswith(_FLEET_TAG):
             return tag.removeprefix(_FLEET_TAG).upper()
     return None
-
-
-# --- the fleet state file ---------------------------------------------------------------------
-
-
-def _state_path(config: Config) -> Path:
-    return config.host.data_dir / FLEET_STATE
-
-
-def read_fleet_state(config: Config) -> dict[str, Any] | None:
-    """``<data>/fleet.json``: which fleet the device belongs to and how renewal goes."""
-    try:
-        data = json.loads(_state_path(config).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_fleet_state(config: Config, state: dict[str, Any]) -> None:
-    """Replace the fleet state file atomically."""
-    write_atomic(_state_path(config), json.dumps(state, indent=2, sort_keys=True).encode())
-
-
-def credentials_status(config: Config, *, now: float | None = None) -> dict[str, Any] | None:
-    """What ``status`` shows about fleet credentials; None for a device not in a fleet."""
-    state = read_fleet_state(config)
-    if state is None:
-        return None
-    moment = time.time() if now is None else now
-    expires: int | None = None
-    if config.upstream is not None and config.upstream.credentials is not None:
-        try:
-            claims = jwt.decode(jwt.read_creds(config.upstream.credentials).jwt).claims
-            expires = int(claims["exp"]) if isinstance(claims.get("exp"), int) else None
-        except (IdentityError, KeyError):
-            expires = None
-    status = str(state.get("status", "active"))
-    if status == "active" and expires is not None and expires < moment:
-        status = "expired"
-    return {
-        "status": status,
-        "fleet": state.get("fleet"),
-        "expires_at": expires,
-        "last_renew": state.get("last_renew"),
-        "error": state.get("error"),
-    }
 
 
 # --- enrollment -------------------------------------------------------------------------------

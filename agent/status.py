@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.enroll import credentials_status
+from agent.fleet_state import credentials_status
 from agent.host import STATE_FILE
 from agent.leaf.monitor import MonitorError, get_json
 from agent.resources import device_resources
