@@ -104,9 +104,8 @@ class DeviceLink:
     async def renew(self) -> None:
         """Ask the fleet for a fresh JWT; on success swap the creds and restart the leaf."""
         # Only a fleet device gets here: the agent outside any fleet never imports these.
-        from agent.enroll import REQUEST_TIMEOUT_S, check_jwt
         from agent.fleet import protocol, subjects
-        from agent.fleet.request import request_json
+        from agent.fleet.request import REQUEST_TIMEOUT_S, check_jwt, request_json
 
         config = self.host.config
         state = read_fleet_state(config) or {}

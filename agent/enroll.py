@@ -45,7 +45,6 @@ logger = logging.getLogger("lattice_edge.enroll")
 
 PENDING = "enroll-pending.json"
 UPSTREAM_CREDS = "upstream.creds"
-REQUEST_TIMEOUT_S = 10.0
 _FLEET_TAG = "lattice-edge-fleet:"
 
 
@@ -118,7 +117,7 @@ async def _exchange(
     facts: dict[str, str],
     labels: dict[str, str],
 ) -> protocol.EnrollReply:
-    from agent.fleet.request import request_json
+    from agent.fleet.request import REQUEST_TIMEOUT_S, request_json
     from agent.lattice.client import connect
 
     inbox = subjects.inbox_prefix(bootstrap_name)
@@ -157,17 +156,6 @@ async def _exchange(
         raise FleetRequestError(
             f"enroll: the service's reply is unusable: {exc}", code=502
         ) from exc
-
-
-def check_jwt(user_jwt: str, user: KeyPair, host_id: str) -> None:
-    try:
-        claims = jwt.decode(user_jwt).claims
-    except JWTError as exc:
-        raise FleetRequestError(
-            f"enroll: the service sent a malformed JWT: {exc}", code=502
-        ) from exc
-    if claims.get("sub") != user.public_key or claims.get("name") != host_id:
-        raise FleetRequestError("enroll: the service sent a JWT for another device", code=502)
 
 
 def _merged_config_text(config_path: Path, reply: protocol.EnrollReply, creds_path: Path) -> str:
@@ -251,6 +239,8 @@ def enroll(
             token.token_id, user, keys.server, _facts(config), requested,
         )
     )  # fmt: skip
+    from agent.fleet.request import check_jwt
+
     check_jwt(reply.user_jwt, user, keys.host_id)
     creds_path = config.keys_dir / UPSTREAM_CREDS
     text = _merged_config_text(located, reply, creds_path)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.errors import FleetRequestError
+from agent.errors import FleetRequestError, JWTError
 from agent.fleet import protocol
+from agent.identity import jwt
+from agent.identity.keys import KeyPair
 
-__all__ = ["DEFAULT_TIMEOUT_S", "request_json"]
+__all__ = ["DEFAULT_TIMEOUT_S", "REQUEST_TIMEOUT_S", "check_jwt", "request_json"]
 
 DEFAULT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0  # what a device waits for enrollment and renewal replies
 
 
 async def request_json(
@@ -33,3 +36,15 @@ async def request_json(
             reason="timeout",
         ) from exc
     return protocol.parse_reply(bytes(reply.data), reply.headers, what)
+
+
+def check_jwt(user_jwt: str, user: KeyPair, host_id: str) -> None:
+    """Refuse a JWT the service sent that is not for this user key and host."""
+    try:
+        claims = jwt.decode(user_jwt).claims
+    except JWTError as exc:
+        raise FleetRequestError(
+            f"enroll: the service sent a malformed JWT: {exc}", code=502
+        ) from exc
+    if claims.get("sub") != user.public_key or claims.get("name") != host_id:
+        raise FleetRequestError("enroll: the service sent a JWT for another device", code=502)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -236,12 +237,59 @@ def sign_claims_subject(module: bytes) -> str:
     return claims.subject
 
 
+_IMPORT_PROBE = """
+import gc, json, sys, psutil
+import agent.host, agent.lattice.control, agent.leaf.monitor, nats  # a running agent's imports
+process = psutil.Process()
+gc.collect()
+base = process.memory_full_info().uss
+modules = set(sys.modules)
+for name in sys.argv[1:]:
+    __import__(name)
+gc.collect()
+print(json.dumps({"base_kib": base // 1024,
+                  "delta_kib": (process.memory_full_info().uss - base) // 1024,
+                  "modules": sorted(set(sys.modules) - modules)}))
+"""
+
+
+def import_cost(*modules: str) -> dict[str, Any]:
+    """USS the agent process grows by when it imports ``modules`` (median of 3 processes),
+    from byte-code as an installed agent imports it (a first run writes the .pyc files to
+    a scratch prefix; compiling from source would count the compiler's memory too)."""
+    with tempfile.TemporaryDirectory(prefix="fleet-pyc-") as prefix:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = prefix
+        probe = [sys.executable, "-c", _IMPORT_PROBE, *modules]
+        runs = []
+        for _ in range(4):
+            out = subprocess.run(probe, capture_output=True, text=True, check=True, env=env)
+            runs.append(json.loads(out.stdout))
+    measured = sorted(runs[1:], key=lambda r: r["delta_kib"])
+    return measured[1]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--enrollments", type=int, default=200)
     parser.add_argument("--devices", type=int, default=3, help="enroll-to-heartbeat runs")
     parser.add_argument("--hosts", type=int, default=10, help="agents for the rollout (0: skip)")
     args = parser.parse_args()
+    for label, modules in (
+        ("every agent: the device link", ("agent.device_link",)),
+        (
+            "an enrolled agent: renewal codecs",
+            ("agent.device_link", "agent.fleet.request", "agent.fleet.subjects"),
+        ),
+    ):
+        cost = import_cost(*modules)
+        emit(
+            f"memory: {label}",
+            delta_kib=cost["delta_kib"],
+            agent_imports_kib=cost["base_kib"],
+            ratio=round(cost["delta_kib"] / cost["base_kib"], 4),
+            modules=cost["modules"],
+        )
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
         with FleetHub(root / "hub", find_nats_server().path) as hub:
