@@ -369,15 +369,17 @@ class Reconciler:
                     lease=False,
                 )
                 return
-            body = {
-                "new_actor_ref": deployment.actor_ref,
-                "actor_id": current.actor_id,
-                "host_id": host_id,
-                "annotations": annotations,
-            }
-            await self._command(
-                status, deployment, host_id, "update", attempts, now, [("upd", body)]
-            )
+            if str(value.get("error") or "").startswith("upd refused"):
+                # A host without `upd`: stop the old module, start the new one.
+                stop = {"actor_id": current.actor_id, "actor_ref": current.image_ref, "count": 0}
+                start = {"actor_ref": deployment.actor_ref, "host_id": host_id,
+                         "count": deployment.count, "annotations": annotations}  # fmt: skip
+                commands = [("scale", stop), ("la", start)]
+            else:
+                commands = [("upd", {"new_actor_ref": deployment.actor_ref,
+                                     "actor_id": current.actor_id, "host_id": host_id,
+                                     "annotations": annotations})]  # fmt: skip
+            await self._command(status, deployment, host_id, "update", attempts, now, commands)
         elif current.count != deployment.count:
             body = {
                 "actor_id": current.actor_id,

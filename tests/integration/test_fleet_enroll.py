@@ -20,6 +20,7 @@ from fleet_testing import (
     connection_refused,
     enroll,
     enroll_by_hand,
+    fleet_cli,
     init_device,
     ok,
     one_error_line,
@@ -219,6 +220,9 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     foreign = other.token()
     assert "is for fleet" in one_error_line(enroll(fleet, config_d, foreign))
     assert "malformed" in one_error_line(enroll(fleet, config_d, "LE1.nonsense"))
+    withdrawn = fleet.token()
+    ok(fleet_cli("token", "revoke", withdrawn.split(".")[2], fleet_dir=fleet.path))
+    assert "was revoked" in one_error_line(enroll(fleet, config_d, withdrawn))
     assert not (data_d / "keys" / "upstream.creds").exists()
     assert config_d.read_text() == before
 

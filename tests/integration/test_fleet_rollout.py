@@ -111,8 +111,20 @@ class Device:
         self.config, data, self.host_id, ports = init_device(root, name, budgets=FAST)
         self.url = f"nats://127.0.0.1:{ports['client']}"
         ok(enroll(fleet, self.config, fleet.token(labels)))
+        self.factory, self.data = factory, data
         self.agent = factory(self.config, data).start()
         self.agent.wait_ready()
+
+    def restart_offline(self) -> str:
+        """Stop the agent, cut its link, start it again: it comes back on its own cache."""
+        assert self.agent.terminate() == 0
+        enrolled = self.config.read_text()
+        start = enrolled.index('urls = ["') + len('urls = ["')
+        end = enrolled.index('"', start)
+        self.config.write_text(enrolled[:start] + free_port_url() + enrolled[end:])
+        self.agent = self.factory(self.config, self.data).start()
+        self.agent.wait_ready()
+        return enrolled
 
     def cut_link(self) -> str:
         """Point the upstream at a closed port and SIGHUP: the leaf link is down."""
@@ -236,6 +248,11 @@ async def test_deploy_reaches_matching_hosts_late_and_offline_ones_converge_and_
         assert await inventory_counts(device.url, device.host_id) == {actor: 1}
         assert await invoke_on(device.url, actor, cluster) == b"hello fleet"
     assert await inventory_counts(b1.url, b1.host_id) == {}
+    # A device restarted without its link runs the actor from its module cache.
+    enrolled = a1.restart_offline()
+    assert await inventory_counts(a1.url, a1.host_id) == {actor: 1}
+    assert await invoke_on(a1.url, actor, cluster) == b"hello fleet"
+    a1.restore_link(enrolled)
     listed = json.loads(ok(fleet_cli("deployments", "--json", fleet_dir=fleet.path)))
     assert [(d["name"], d["version"], d["state"]) for d in listed["deployments"]] == [
         ("greet", 2, "active"),

@@ -68,6 +68,7 @@ class Lattice:
     def __init__(self) -> None:
         self.hosts: dict[str, dict[str, Any]] = {}
         self.commands: list[tuple[str, str, dict[str, Any]]] = []
+        self.refuse: set[str] = set()
 
     def runs(
         self, host: str, labels: dict[str, str], *actors: tuple[str, str, int, str | None]
@@ -89,6 +90,8 @@ class Lattice:
             return Reply(json.dumps(self.hosts[parts[4]]).encode())
         assert parts[3] == "cmd"
         self.commands.append((parts[4], parts[5], json.loads(body)))
+        if parts[5] in self.refuse:
+            return Reply(b'{"accepted": false, "error": "unsupported subject"}')
         return Reply(b'{"accepted": true, "error": ""}')
 
     def ops(self) -> list[tuple[str, str, int | None]]:
@@ -190,6 +193,21 @@ async def test_updates_take_one_slot_at_a_time(clock: list[float]) -> None:
     await r.reconcile_host(HOST)  # done: the slot is free for the next host
     await r.reconcile_host(OTHER)
     assert lattice.ops() == [(HOST, "upd", None), (OTHER, "upd", None)]
+
+
+async def test_a_host_that_refuses_upd_gets_stop_then_start(clock: list[float]) -> None:
+    store, lattice = MemoryStore(), Lattice()
+    lattice.refuse = {"upd"}
+    r = reconciler(store, lattice, clock)
+    r.deployments["greet"] = deployment(version=2, actor_ref=REF2, sha256="2" * 64)
+    lattice.runs(HOST, {"site": "a"}, (ACTOR, REF1, 1, "greet"))
+    await r.reconcile_host(HOST)
+    status = (await store.get(f"status.greet.{HOST}")).value  # type: ignore[union-attr]
+    assert status["state"] == "failed" and status["error"].startswith("upd refused")
+    clock[0] += 3
+    await r.reconcile_host(HOST)
+    assert lattice.ops() == [(HOST, "upd", None), (HOST, "scale", 0), (HOST, "la", 1)]
+    assert lattice.commands[-1][2]["actor_ref"] == REF2
 
 
 async def test_undeploy_stops_the_actor_and_forgets_the_host(clock: list[float]) -> None:
