@@ -125,10 +125,13 @@ class DeviceLink:
         try:
             reply = protocol.parse_renew_reply(
                 await request_json(
-                    self.host.nats, subjects.renew(fleet, host_id), body, what="renew",
+                    self.host.nats,
+                    subjects.renew(fleet, host_id),
+                    body,
+                    what="renew",
                     timeout=REQUEST_TIMEOUT_S,
                 )
-            )  # fmt: skip
+            )
             check_jwt(reply.user_jwt, user, host_id)
         except FleetRequestError as exc:
             status = REFUSALS.get(exc.reason)
@@ -139,20 +142,26 @@ class DeviceLink:
                     exc.reason,
                     exc,
                 )
-                write_fleet_state(config, {**state, "status": status, "error": str(exc)})
+                await asyncio.to_thread(
+                    write_fleet_state, config, {**state, "status": status, "error": str(exc)}
+                )
                 return
-            logger.warning("renewing the credentials failed: %s; retrying in %.0f s",
-                           exc, self._retry_delay)  # fmt: skip
-            write_fleet_state(config, {**state, "error": str(exc)})
+            logger.warning(
+                "renewing the credentials failed: %s; retrying in %.0f s", exc, self._retry_delay
+            )
+            await asyncio.to_thread(write_fleet_state, config, {**state, "error": str(exc)})
             self._back_off()
             return
-        jwt.write_creds(path, jwt.Creds(jwt=reply.user_jwt, seed=creds.seed))
-        write_fleet_state(
-            config, {**state, "status": "active", "error": None, "last_renew": int(time.time())}
-        )
+        # fsync on an SD card can take a while: off the event loop
+        renewed = jwt.Creds(jwt=reply.user_jwt, seed=creds.seed)
+        await asyncio.to_thread(jwt.write_creds, path, renewed)
+        fresh = {**state, "status": "active", "error": None, "last_renew": int(time.time())}
+        await asyncio.to_thread(write_fleet_state, config, fresh)
         self._next_try, self._retry_delay = None, RETRY_INITIAL_S
-        logger.info("renewed the upstream credentials; they now expire at %s",
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reply.expires_at)))  # fmt: skip
+        logger.info(
+            "renewed the upstream credentials; they now expire at %s",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reply.expires_at)),
+        )
         await self.host.leaf.restart()
         await self._announce_when_linked()
 
@@ -176,9 +185,11 @@ class DeviceLink:
         if new.host.lattice != old.host.lattice or new.leaf != old.leaf:
             logger.warning("SIGHUP: lattice or leaf settings changed; restart the agent for them")
         host.config = dataclasses.replace(
-            old, upstream=new.upstream, trust=new.trust,
+            old,
+            upstream=new.upstream,
+            trust=new.trust,
             host=dataclasses.replace(old.host, labels=new.host.labels),
-        )  # fmt: skip
+        )
         self._apply_identity()
         self._next_try, self._retry_delay = None, RETRY_INITIAL_S
         if new.upstream != old.upstream:

@@ -108,15 +108,23 @@ class Reconciler:
             self._subscription = None
 
     async def _forever(self, step: Callable[[], Any], what: str) -> None:
-        # One error policy for background work: log, wait a little, go on.
+        # One error policy for background work: log, back off, go on. Our own errors (the
+        # hub is away) are one line each; anything else is a bug and gets its traceback.
+        delay = 1.0
         while True:
             try:
                 await step()
+                delay = 1.0
             except asyncio.CancelledError:
                 raise
+            except LatticeEdgeError as exc:
+                logger.error("%s failed: %s; retrying in %.0f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
             except Exception:
-                logger.exception("%s failed; retrying", what)
-                await asyncio.sleep(1.0)
+                logger.exception("%s failed; retrying in %.0f s", what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def mark(self, host_id: str) -> None:
         """Reconcile ``host_id`` soon (once, however often it is marked meanwhile)."""
@@ -183,10 +191,25 @@ class Reconciler:
     async def _sweep(self) -> None:
         await self._ready.wait()
         await asyncio.sleep(self.sweep_s)
+        await self._refresh_deployments()
         await self._mark_known_hosts()
         for deployment in list(self.deployments.values()):
             if deployment.active:
                 await self._auction(deployment)
+
+    async def _refresh_deployments(self) -> None:
+        """Re-read the deployments, in case the watch missed a change (a hub reconnect)."""
+        current = {}
+        for record in await self.store.scan("deploy"):
+            deployment = Deployment.from_json(record.value)
+            if deployment is not None:
+                current[deployment.name] = deployment
+        for name, deployment in current.items():
+            known = self.deployments.get(name)
+            if known is None or known.version < deployment.version:
+                logger.info("deployment %s is at version %d (found by the sweep)", name,
+                            deployment.version)  # fmt: skip
+                self.deployments[name] = deployment
 
     async def _mark_known_hosts(self) -> None:
         now = self.clock()
