@@ -337,3 +337,10 @@ async def seen_hosts(fleet: Fleet) -> set[str]:
         except nats.js.errors.NoKeysError:
             return set()
     return {key.split(".", 1)[1] for key in keys if key.startswith("host.")}
+
+
+def serve(fleet: Fleet, serves: list[ServeProcess], **env: str) -> ServeProcess:
+    """Start a ``fleet serve`` for ``fleet`` (with extra environment) and track it."""
+    process = ServeProcess(fleet.path, env=env).start()
+    serves.append(process)
+    return process

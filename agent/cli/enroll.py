@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from agent.cli.common import config_option
-
-
-def _labels(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{item}' is not KEY=VALUE")
-        labels[key] = value
-    return labels
+from agent.cli.common import config_option, key_values_option
 
 
 @click.command()
@@ -34,7 +23,7 @@ def _labels(_ctx: click.Context, _param: click.Parameter, values: Sequence[str])
     "--label",
     "labels",
     multiple=True,
-    callback=_labels,
+    callback=key_values_option,
     help="A label to ask for, KEY=VALUE (the token's labels win); repeatable.",
 )
 @config_option

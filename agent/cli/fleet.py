@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from agent.cli.common import public_keys_option, setup_logging
+from agent.cli.common import key_values_option, public_keys_option, setup_logging
 from agent.identity.keys import KeyKind
 
 if TYPE_CHECKING:
@@ -47,16 +47,6 @@ class Duration(_IntParam):
 DURATION = Duration()
 
 
-def _labels(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{item}' is not KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
 def _account_key(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     from agent.identity.keys import is_public_key
 
@@ -78,7 +68,7 @@ def dir_option(command: Any) -> Any:
 
 
 label_option = click.option(
-    "--label", "labels", multiple=True, callback=_labels, help="KEY=VALUE; repeatable."
+    "--label", "labels", multiple=True, callback=key_values_option, help="KEY=VALUE; repeatable."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
@@ -450,7 +440,7 @@ def fleet_revoke(
     "--selector",
     "selector",
     multiple=True,
-    callback=_labels,
+    callback=key_values_option,
     help="K=V: run on hosts with this label; repeatable (all must match).",
 )
 @click.option(

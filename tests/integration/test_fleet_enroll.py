@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -24,6 +23,7 @@ from fleet_testing import (
     init_device,
     ok,
     one_error_line,
+    serve,
     wait_for_hosts,
 )
 from lattice_testing import AgentProcess, run_cli, wait_until
@@ -32,28 +32,6 @@ from agent.identity import jwt
 from agent.identity.keys import KeyKind, generate
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet_hub(tmp_path: Path, nats_server: object) -> Iterator[FleetHub]:
-    from agent.leaf.binary import find_nats_server
-
-    with FleetHub(tmp_path / "hub", find_nats_server().path) as running:
-        yield running
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.stop()
-
-
-def serve(fleet: Fleet, serves: list[ServeProcess], **env: str) -> ServeProcess:
-    process = ServeProcess(fleet.path, env=env).start()
-    serves.append(process)
-    return process
 
 
 async def refused(client: nats.NATS, action: str, subject: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +30,12 @@ from agent.fleet.registrar import FAILPOINT_ENV
 from agent.identity.keys import KeyKind, KeyPair, generate
 from agent.identity.wascap import sign_module
 from agent.lattice.client import LatticeClient
-from agent.leaf.binary import find_nats_server
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = REPO / "tests" / "fixtures" / "guests" / "echo.wasm"
 FAST = {"heartbeat_interval_s": 2.0}
-
-
-@pytest.fixture
-def fleet_hub(tmp_path: Path) -> Iterator[FleetHub]:
-    with FleetHub(tmp_path / "hub", find_nats_server().path) as running:
-        yield running
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.stop()
 
 
 def signed_echo(path: Path, issuer: KeyPair, subject: KeyPair, version: str) -> Path:

@@ -22,6 +22,7 @@ from fleet_testing import (
     init_device,
     ok,
     one_error_line,
+    serve,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,26 +33,6 @@ from agent.identity.keys import KeyKind, generate
 from agent.leaf.binary import find_nats_server
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet_hub(tmp_path: Path) -> Iterator[FleetHub]:
-    with FleetHub(tmp_path / "hub", find_nats_server().path) as running:
-        yield running
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.stop()
-
-
-def serve(fleet: Fleet, serves: list[ServeProcess], **env: str) -> ServeProcess:
-    process = ServeProcess(fleet.path, env=env).start()
-    serves.append(process)
-    return process
 
 
 async def test_serve_killed_mid_enrollment_spends_the_token_once_for_that_device(
