@@ -179,11 +179,32 @@ class ServeProcess:
                 self.process.wait()
 
 
+def nats_server_29() -> Path:
+    """Debian's nats-server 2.9.10 (the only armhf build), as ``packaging/bootstrap.sh
+    --test`` fetches it; skips the test when absent, fails it in CI."""
+    import pytest
+
+    named = os.environ.get("LATTICE_EDGE_TEST_NATS_SERVER_29")
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(named) if named else repo / ".venv/nats-server-2.9/usr/sbin/nats-server"
+    if not path.is_file():
+        message = f"nats-server 2.9 not found at {path} (run packaging/bootstrap.sh --test)"
+        if os.environ.get("LATTICE_EDGE_REQUIRE_FIXTURES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def init_device(
-    root: Path, name: str, *extra: str, budgets: dict[str, float] | None = None
+    root: Path,
+    name: str,
+    *extra: str,
+    budgets: dict[str, float] | None = None,
+    nats_server: Path | None = None,
 ) -> tuple[Path, Path, str, dict[str, int]]:
     """``lattice-edge init`` a standalone device in ``root/name``: (config, data, host id,
-    ports). ``budgets`` are appended as a ``[budgets]`` override (a short heartbeat)."""
+    ports). ``budgets`` are appended as a ``[budgets]`` override (a short heartbeat);
+    ``nats_server`` picks the leaf's binary."""
     ports = {"client": free_port(), "monitor": free_port()}
     config, data = root / name / "agent.toml", root / name / "data"
     out = ok(run_cli(
@@ -191,6 +212,10 @@ def init_device(
         "--listen", f"127.0.0.1:{ports['client']}", "--monitor", f"127.0.0.1:{ports['monitor']}",
         *extra,
     ))  # fmt: skip
+    if nats_server is not None:
+        config.write_text(
+            config.read_text().replace("[leaf]", f"[leaf]\nnats_server = '{nats_server}'")
+        )
     if budgets:
         lines = ["", "[budgets]", *(f"{k} = {v}" for k, v in budgets.items())]
         config.write_text(config.read_text() + "\n".join(lines) + "\n")

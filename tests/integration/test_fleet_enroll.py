@@ -21,6 +21,7 @@ from fleet_testing import (
     enroll_by_hand,
     fleet_cli,
     init_device,
+    nats_server_29,
     ok,
     one_error_line,
     serve,
@@ -227,14 +228,15 @@ async def test_devices_renew_at_half_life_and_a_revoked_one_is_refused(
 ) -> None:
     fleet = await Fleet.create(fleet_hub, tmp_path / "fleet", "--credential-ttl", "20s")
     serve(fleet, serves)
-    config_r, data_r, host_r, _ = init_device(tmp_path, "dev-r")
+    # R's leaf is Debian's nats-server 2.9.10, the one armhf boards run.
+    config_r, data_r, host_r, _ = init_device(tmp_path, "dev-r", nats_server=nats_server_29())
     config_v, data_v, host_v, ports_v = init_device(tmp_path, "dev-v")
     ok(enroll(fleet, config_r, fleet.token("role=renews")))
     ok(enroll(fleet, config_v, fleet.token("role=revoked")))
     first = jwt.decode(jwt.read_creds(data_r / "keys" / "upstream.creds").jwt).claims
     agent_r = agent_factory(config_r, data_r).start()
     agent_v = agent_factory(config_v, data_v).start()
-    agent_r.wait_ready()
+    assert agent_r.wait_ready()["nats_server_version"].startswith("2.9.")
     agent_v.wait_ready()
     await wait_for_hosts(fleet_hub.client_url, fleet_hub.client_creds, {host_r, host_v})
 
