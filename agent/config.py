@@ -690,7 +690,7 @@ def _check_mqtt(leaf: LeafSettings, lf: _Reader) -> None:
 
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
-_NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
+_NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG", "FLEET_DIR"}
 _SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log", "firmware")
 
 

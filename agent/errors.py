@@ -53,13 +53,17 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   └── InvocationError         an RPC Invocation/InvocationResponse is malformed
     │       ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
     │       └── ChunkedInvocationError  its body went to the object store (unsupported)
-    └── FirmwareError               a microcontroller, its link or a firmware image failed
-        ├── SMPFrameError           an SMP frame or message is malformed (names the problem)
-        ├── DeviceUnavailable       the MCU is offline or did not answer in time
-        ├── DeviceError             the MCU answered with an SMP error code (``rc``)
-        ├── DeviceBusy              an update already runs on the MCU
-        ├── ImageRejected           unsigned, untrusted, tampered or truncated (``reason``)
-        └── UpdateFailed            an update ended without the new image (``outcome``)
+    ├── FirmwareError               a microcontroller, its link or a firmware image failed
+    │   ├── SMPFrameError           an SMP frame or message is malformed (names the problem)
+    │   ├── DeviceUnavailable       the MCU is offline or did not answer in time
+    │   ├── DeviceError             the MCU answered with an SMP error code (``rc``)
+    │   ├── DeviceBusy              an update already runs on the MCU
+    │   ├── ImageRejected           unsigned, untrusted, tampered or truncated (``reason``)
+    │   └── UpdateFailed            an update ended without the new image (``outcome``)
+    └── FleetError                  fleet enrollment, renewal or rollout failed
+        ├── FleetDirError           the fleet directory or fleet.toml is missing or invalid
+        ├── FleetRequestError       the fleet service refused a request (``code``, ``reason``)
+        └── FleetStoreError         the fleet's JetStream KV / object store failed
 """
 
 from __future__ import annotations
@@ -385,3 +389,32 @@ class UpdateFailed(FirmwareError):
         self.outcome = outcome
         self.step = step
         super().__init__(message)
+
+
+# --- fleet -------------------------------------------------------------------------
+
+
+class FleetError(LatticeEdgeError):
+    """Fleet enrollment, credential renewal or rollout failed."""
+
+
+class FleetDirError(FleetError):
+    """The fleet directory is missing, incomplete, or its ``fleet.toml`` is invalid."""
+
+
+class FleetRequestError(FleetError):
+    """A request to the fleet service is malformed or was refused.
+
+    ``code`` is the HTTP-like status the service answers with (400 malformed, 403 refused,
+    404 unknown, 409 conflict, 410 expired, 500 internal) and ``reason`` a stable word
+    (``"revoked"``, ``"token-used"``, …) that callers test instead of parsing the message.
+    """
+
+    def __init__(self, message: str, *, code: int = 400, reason: str = "bad-request"):
+        self.code = code
+        self.reason = reason
+        super().__init__(message)
+
+
+class FleetStoreError(FleetError):
+    """The fleet's state in the hub's JetStream (KV bucket, object store) is unavailable."""

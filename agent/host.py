@@ -248,6 +248,7 @@ class Host:
                 await self._start_lattice(registry)
                 assert self.background is not None
                 self.background.spawn(self._keep_state_saved(), what="state file retry")
+                self._start_device_link(self.background, loop)
                 await self._start_firmware(tasks)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
@@ -269,10 +270,18 @@ class Host:
                 watchdog.cancel()
             await self._stop_firmware()
             if self.background is not None:
-                self.background.cancel_all()
+                self.background.cancel_all()  # the device link, retries, pending events
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _start_device_link(self, background: Background, loop: asyncio.AbstractEventLoop) -> None:
+        """Credential renewal for a fleet device, and SIGHUP: re-read the upstream."""
+        from agent.device_link import DeviceLink
+
+        link = DeviceLink(self)
+        loop.add_signal_handler(signal.SIGHUP, link.request_reload)
+        background.spawn(link.run(), what="device link")
 
     async def _connect(self) -> Any:
         import nats  # the client library is the largest import; load it when needed
@@ -292,6 +301,8 @@ class Host:
             return await nats.connect(
                 servers=[self.client_url],
                 nkeys_seed_str=agent_user.seed,
+                # Only the agent reads its replies locally; upstream a fleet device may
+                # subscribe only to its own inbox (docs/fleet.md).
                 inbox_prefix=agent_inbox_prefix(self.keys.host_id),
                 name=f"lattice-edge {self.keys.host_id[:12]}",
                 connect_timeout=2,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agent.config import HostPort, load_config
+from agent.config import Config, HostPort, load_config, parse_config
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic, write_secret
 from agent.identity.host import ensure_host_keys
@@ -21,7 +23,14 @@ from agent.identity.jwt import format_creds, read_creds
 from agent.identity.local import ensure_agent_user
 from agent.identity.tls import check_pem_certificate
 
-__all__ = ["InitRequest", "InitResult", "initialise", "render_config"]
+__all__ = [
+    "InitRequest",
+    "InitResult",
+    "initialise",
+    "render_config",
+    "render_table",
+    "write_checked_config",
+]
 
 UPSTREAM_CREDS = "upstream.creds"
 
@@ -89,6 +98,65 @@ def render_config(request: InitRequest, creds_path: Path | None) -> str:
         if request.upstream_tls_ca is not None:
             lines.append(f"tls_ca_file = {_toml_string(str(request.upstream_tls_ca))}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(
+            f"{_toml_string(str(k))} = {_toml_value(v, key)}" for k, v in value.items()
+        )
+        return "{ " + items + " }" if items else "{}"
+    raise ConfigError(f"cannot write {type(value).__name__} values", key=key)
+
+
+def render_table(raw: Mapping[str, Mapping[str, Any]], header: str) -> str:
+    """A config file from a raw table (as ``tomllib`` reads it): one section per table,
+    values as TOML scalars, lists and inline tables. Comments are not kept; ``header``
+    (one line per comment line) goes on top."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for section, table in raw.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=section)
+        lines += ["", f"[{section}]"]
+        lines += [
+            f"{key} = {_toml_value(value, f'{section}.{key}')}" for key, value in table.items()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def check_config_text(path: Path, text: str) -> Config:
+    """Validate ``text`` as the config at ``path`` would be, without writing anything."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=path) from exc
+    return parse_config(raw, source=path, base_dir=path.parent.resolve())
+
+
+def write_checked_config(path: Path, text: str) -> Config:
+    """Write ``text`` to ``path`` atomically once the loader ``run`` uses accepts it;
+    restore the previous file if the written one does not load."""
+    check_config_text(path, text)
+    existing = path.read_bytes() if path.exists() else None
+    write_atomic(path, text.encode())
+    try:
+        return load_config(path, env={})
+    except ConfigError:
+        if existing is not None:
+            write_atomic(path, existing)
+        else:
+            path.unlink()
+        raise
 
 
 def initialise(request: InitRequest, *, force: bool = False) -> InitResult:

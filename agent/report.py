@@ -41,6 +41,9 @@ def format_status(report: dict[str, Any]) -> str:
                 f"(client {escape(str(client['client_id']))}) "
                 f"from {client['address']}, {client['in_msgs']} in / {client['out_msgs']} out"
             )
+    credentials = report.get("credentials")
+    if credentials:
+        lines.append(f"credentials: {_credentials(credentials)}")
     for actor in report.get("actors", []):
         lines.append(f"actor    : {actor['id']} {actor['name']} x{actor['instances']}")
     health = report.get("health") or {}
@@ -66,6 +69,21 @@ def format_status(report: dict[str, Any]) -> str:
         f"temp     : {f'{temperature:.1f} °C' if temperature is not None else 'n/a'}",
     ]
     return "\n".join(lines)
+
+
+def _credentials(credentials: dict[str, Any]) -> str:
+    """``revoked``, ``expired``, or ``valid until …`` (fleet devices only)."""
+    import time
+
+    status = credentials.get("status") or "unknown"
+    expires = credentials.get("expires_at")
+    if status == "active" and isinstance(expires, int):
+        text = f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}"
+    else:
+        text = str(status)
+    if credentials.get("error") and status != "active":
+        text += f" ({credentials['error']})"
+    return f"{text} (fleet {credentials.get('fleet') or '-'})"
 
 
 def format_inspect(report: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.fleet_state import credentials_status
 from agent.host import STATE_FILE
 from agent.leaf.monitor import MonitorError, get_json
 from agent.resources import device_resources
@@ -122,6 +123,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
         },
         "actors": actors,
         "health": health,
+        "credentials": credentials_status(config),
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lattice_testing import AgentProcess, Hub, NatsServerProcess, free_port, start_nats_server
@@ -89,3 +90,21 @@ def jetstream_server(
     (tests isolate themselves with their own buckets and subjects)."""
     with start_nats_server(tmp_path_factory.mktemp("nats"), nats_server.path) as server:
         yield server
+
+
+@pytest.fixture
+def fleet_hub(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
+    """A hub whose account resolver takes JWT updates, for fleet tests (fleet_testing.py)."""
+    from fleet_testing import FleetHub
+
+    with FleetHub(tmp_path / "hub", nats_server.path) as running:
+        yield running
+
+
+@pytest.fixture
+def serves() -> Iterator[list[Any]]:
+    """The ``fleet serve`` processes a test starts (fleet_testing.serve); stopped after it."""
+    started: list[Any] = []
+    yield started
+    for process in started:
+        process.stop()

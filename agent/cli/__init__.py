@@ -27,7 +27,9 @@ from agent.cli.common import (
     public_keys_option,
     setup_logging,
 )
+from agent.cli.enroll import enroll
 from agent.cli.firmware import firmware
+from agent.cli.fleet import fleet
 from agent.config import config_target, default_data_dir, embedded_default
 from agent.errors import ConfigError, LatticeEdgeError
 from agent.identity.keys import KeyKind, generate, write_seed_file
@@ -295,6 +297,8 @@ def demo() -> None:
 
 cli.add_command(actor)
 cli.add_command(firmware)
+cli.add_command(fleet)
+cli.add_command(enroll)
 
 
 # --- entry point -----------------------------------------------------------------------

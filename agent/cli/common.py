@@ -62,3 +62,16 @@ def public_keys_option(kind: KeyKind) -> Any:
         return list(values)
 
     return check
+
+
+def key_values_option(
+    _ctx: click.Context, _param: click.Parameter, values: Sequence[str]
+) -> dict[str, str]:
+    """A repeatable ``KEY=VALUE`` option (labels, selectors) as a dict."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE")
+        pairs[key] = value
+    return pairs

@@ -30,13 +30,16 @@ __all__ = [
     "Creds",
     "DecodedJWT",
     "account_claims",
+    "amend_account",
     "decode",
     "encode",
     "format_creds",
     "operator_claims",
     "parse_creds",
     "read_creds",
+    "scoped_user_claims",
     "user_claims",
+    "user_scope",
     "verify",
     "write_creds",
 ]
@@ -188,6 +191,75 @@ def user_claims(
     if expires_at is not None:
         claims["exp"] = expires_at
     return claims
+
+
+def scoped_user_claims(
+    user_public_key: str,
+    name: str,
+    *,
+    issuer_account: str,
+    expires_at: int | None = None,
+    tags: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Claims of a user JWT signed by a scoped signing key of ``issuer_account``.
+
+    It carries no permissions or limits: the server refuses those on a scoped user and
+    applies the signing key's template instead, with ``{{name()}}`` standing for ``name``.
+    """
+    nats: dict[str, Any] = {"type": "user", "version": 2, "issuer_account": issuer_account}
+    if tags:
+        nats["tags"] = list(tags)
+    claims: dict[str, Any] = {"sub": user_public_key, "name": name, "nats": nats}
+    if expires_at is not None:
+        claims["exp"] = expires_at
+    return claims
+
+
+def user_scope(key: str, role: str, template: dict[str, Any]) -> dict[str, Any]:
+    """One ``signing_keys`` entry of an account JWT: a scoped user signing key."""
+    return {"kind": "user_scope", "key": key, "role": role, "template": template}
+
+
+def amend_account(
+    token: str,
+    operator: KeyPair,
+    *,
+    signing_keys: tuple[dict[str, Any], ...] = (),
+    revocations: dict[str, int] | None = None,
+    now: float | None = None,
+) -> str:
+    """Re-sign an account JWT with ``signing_keys`` added and users revoked.
+
+    An entry replaces one with the same ``key``; a revocation keeps the later of two
+    times. ``iat`` moves forward, because a resolver keeps the newest JWT it has seen.
+    """
+    if operator.kind is not KeyKind.OPERATOR:
+        raise JWTError(
+            f"an account JWT is signed by an operator key, not {operator.kind.name.lower()}"
+        )
+    decoded = verify(token, issuer_kind=KeyKind.OPERATOR)
+    nats = decoded.claims.get("nats")
+    if not isinstance(nats, dict) or nats.get("type") != "account":
+        raise JWTError("the JWT is not an account JWT")
+    claims = {k: v for k, v in decoded.claims.items() if k not in ("jti", "iss")}
+    nats = dict(nats)
+    if signing_keys:
+        new_keys = {entry["key"] for entry in signing_keys}
+        kept = [
+            entry for entry in nats.get("signing_keys") or []
+            if (entry.get("key") if isinstance(entry, dict) else entry) not in new_keys
+        ]  # fmt: skip
+        nats["signing_keys"] = [*kept, *signing_keys]
+    if revocations:
+        merged = dict(nats.get("revocations") or {})
+        for user, moment in revocations.items():
+            merged[user] = max(int(merged.get(user, 0)), int(moment))
+        nats["revocations"] = merged
+    claims["nats"] = nats
+    moment = int(time.time() if now is None else now)
+    previous = decoded.claims.get("iat")
+    claims["iat"] = max(moment, int(previous) + 1 if isinstance(previous, int) else moment)
+    return encode(claims, operator)
 
 
 # --- .creds files -------------------------------------------------------------------

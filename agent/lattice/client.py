@@ -53,6 +53,8 @@ async def connect(
 
     ``creds`` is a ``.creds`` file (the cloud); ``seed`` an nkey user seed (the agent
     user, on a device's local port; see :func:`connect_local`).
+    ``inbox_prefix`` replaces ``_INBOX`` for replies, for credentials that may subscribe
+    only to their own inbox (a fleet's bootstrap and device users).
     """
     import nats
     import nats.errors

@@ -176,14 +176,21 @@ class ControlServer:
         except Exception as exc:  # a closed connection during shutdown is not an error
             logger.debug("publishing %s failed: %s", subject, exc)
 
+    def heartbeat(self) -> None:
+        """Publish one ``host_heartbeat`` now (also when the upstream link comes up).
+
+        ``resources`` must not block (psutil's CPU figure since the previous call).
+        """
+        data = events.host_heartbeat(self.inventory())
+        if self._resources is not None:
+            data["resources"] = self._resources()
+        if self._health is not None:
+            data["lattice_edge"] = self._health()
+        self.emit("host_heartbeat", data)
+
     async def _beat(self, interval: float) -> None:
         while True:
-            data = events.host_heartbeat(self.inventory())
-            if self._resources is not None:
-                data["resources"] = await asyncio.to_thread(self._resources)  # psutil waits
-            if self._health is not None:
-                data["lattice_edge"] = self._health()
-            self.emit("host_heartbeat", data)
+            self.heartbeat()
             await asyncio.sleep(interval)
 
     # --- views ---------------------------------------------------------------------------

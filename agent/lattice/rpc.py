@@ -82,6 +82,10 @@ class RpcServer:
         self._subscriptions: dict[str, Subscription] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
+    def set_cluster_issuers(self, cluster_issuers: Collection[str]) -> None:
+        """Accept invocations signed by these keys from now on (after an enrollment)."""
+        self._issuers = tuple(cluster_issuers)
+
     def serving(self) -> list[str]:
         """Actors with an RPC subscription."""
         return sorted(self._subscriptions)

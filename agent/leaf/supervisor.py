@@ -196,6 +196,8 @@ class LeafSupervisor:
         self._started_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._planned_restart = False
+        self._ready = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -238,6 +240,7 @@ class LeafSupervisor:
         self._started_at = time.monotonic()
         write_atomic(self.pid_file, f"{proc.pid}\n".encode())
         self.state = LeafState.RUNNING
+        self._ready.set()
         logger.info(
             "nats-server %s ready (pid %d, monitoring on %s)",
             self.server.version_text,
@@ -302,22 +305,47 @@ class LeafSupervisor:
             if time.monotonic() - self._started_at >= self.backoff.stable_after:
                 delay = self.backoff.initial
             self.state = LeafState.RESTARTING
-            logger.warning(
-                "nats-server (pid %d) exited unexpectedly with code %s; restarting in ~%.1f s",
-                proc.pid,
-                code,
-                delay,
-            )
+            pause = self.backoff.jittered(delay)
+            if self._planned_restart:
+                self._planned_restart = False
+                pause = 0.0
+                logger.info("restarting nats-server (pid %d) with its new config", proc.pid)
+            else:
+                logger.warning(
+                    "nats-server (pid %d) exited unexpectedly with code %s; restarting in ~%.1f s",
+                    proc.pid,
+                    code,
+                    pause,
+                )
             while True:
-                await asyncio.sleep(self.backoff.jittered(delay))
-                delay = self.backoff.next(delay)
+                await asyncio.sleep(pause)
+                delay = self.backoff.next(delay)  # a start that dies young waits longer next
                 try:
                     await self._launch(tasks)
                 except LeafStartError as exc:
-                    logger.error("%s; retrying in %.1f s", exc, delay)
+                    pause = self.backoff.jittered(delay)
+                    logger.error("%s; retrying in ~%.1f s", exc, pause)
                     continue
                 self.restarts += 1
                 break
+
+    async def restart(self) -> None:
+        """Restart nats-server so it reads its config file again (a new upstream URL or
+        credentials: a leafnode remote cannot be changed by a config reload).
+
+        Local clients, the agent among them, reconnect on their own; the watcher starts the
+        new process at once and keeps retrying with backoff should it fail to start.
+        """
+        proc = self._proc
+        if self._stopping or self._watcher is None or proc is None or proc.returncode is not None:
+            raise LeafStartError("the leaf node is not running")
+        self._planned_restart = True
+        self._ready.clear()
+        await self._terminate(proc, lame_duck=False)
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.ready_timeout * 2)
+        except TimeoutError:
+            raise LeafStartError("nats-server did not come back after a restart") from None
 
     async def stop(self) -> None:
         """Lame-duck the server, then SIGTERM, then SIGKILL; idempotent."""
@@ -334,9 +362,11 @@ class LeafSupervisor:
             self.pid_file.unlink()
         self.state = LeafState.STOPPED
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        # Lame duck first: with no clients left it exits after its 1 s grace period.
-        for sig, wait in ((signal.SIGUSR2, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    async def _terminate(self, proc: asyncio.subprocess.Process, *, lame_duck: bool = True) -> None:
+        # Lame duck first: with no clients left it exits after its 1 s grace period. A
+        # restart skips it: the agent is still connected and would be evicted slowly.
+        steps = ((signal.SIGUSR2, 5.0),) if lame_duck else ()
+        for sig, wait in (*steps, (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if proc.returncode is not None:
                 break
             with contextlib.suppress(ProcessLookupError):
