@@ -4,7 +4,6 @@ running agent (which owns the serial ports), and the MCU simulator."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
 import tempfile
@@ -21,7 +20,6 @@ from agent.config import embedded_default
 if TYPE_CHECKING:
     from agent.lattice.client import LatticeClient
 
-IMAGE_BUCKET = "lattice-edge-firmware"
 IDLE_TIMEOUT_S = 120.0
 T = TypeVar("T")
 
@@ -163,7 +161,9 @@ def firmware_update(
     show = _JsonProgress() if as_json else _BarProgress()
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
-        ref = await _stage(client, data)
+        # The agent reads no path it is handed: the image goes through the device's own
+        # module bucket, as `actor start FILE` does, and is removed once the agent has it.
+        ref = await client.upload_module(data)
         try:
             return await _follow_update(client, host_id, device, ref, not no_confirm, show)
         finally:
@@ -173,32 +173,11 @@ def firmware_update(
     show.finish(result)
 
 
-async def _stage(client: LatticeClient, data: bytes) -> str:
-    """Hand the image to the agent through the leaf's object store; its reference."""
-    import nats.errors
-    import nats.js.errors
-
-    from agent.errors import AgentStateError
-
-    name = hashlib.sha256(data).hexdigest()
-    try:
-        js = client.nats.jetstream(timeout=10)
-        try:
-            store = await js.object_store(IMAGE_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            store = await js.create_object_store(IMAGE_BUCKET)
-        await store.put(name, data)
-    except (nats.js.errors.Error, nats.errors.Error, TimeoutError) as exc:
-        raise AgentStateError(
-            f"cannot hand the image to the agent through the leaf's JetStream object store "
-            f"(is leaf.jetstream on?): {exc or type(exc).__name__}"
-        ) from exc
-    return f"nats-os://{IMAGE_BUCKET}/{name}"
-
-
 async def _unstage(client: LatticeClient, ref: str) -> None:
+    from agent.lattice.refs import MODULE_BUCKET
+
     try:
-        store = await client.nats.jetstream(timeout=5).object_store(IMAGE_BUCKET)
+        store = await client.nats.jetstream(timeout=5).object_store(MODULE_BUCKET)
         await store.delete(ref.rsplit("/", 1)[-1])
     except Exception as exc:  # best effort: the agent keeps its own copy in its cache
         click.echo(f"note: could not remove the staged image: {exc}", err=True)
