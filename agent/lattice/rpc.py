@@ -82,6 +82,15 @@ class RpcServer:
         self._subscriptions: dict[str, Subscription] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
+    @property
+    def cluster_issuers(self) -> tuple[str, ...]:
+        """Keys whose invocations are accepted; a config reload replaces them."""
+        return self._issuers
+
+    @cluster_issuers.setter
+    def cluster_issuers(self, keys: Collection[str]) -> None:
+        self._issuers = tuple(keys)
+
     def serving(self) -> list[str]:
         """Actors with an RPC subscription."""
         return sorted(self._subscriptions)

@@ -4,11 +4,17 @@ Fed from the pipe callback as fast as the worker writes: a recursion trap prints
 and a worker blocked on a full stderr pipe would look hung. A token bucket lets
 :data:`STDERR_BURST` lines through at once and :data:`STDERR_LINES_PER_S` after that; the
 rest are counted and reported as suppressed.
+
+wasm3's trap backtraces (``==== wasm backtrace:`` and one line per frame) are folded into
+one DEBUG record: the trap itself reaches the caller as the error (``[trap] unreachable
+executed``), so at the default level a trap is that one line, and ``--debug`` (or
+``[log] level = "debug"``) shows where it happened.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 __all__ = ["MAX_STDERR_LINE", "STDERR_BURST", "STDERR_LINES_PER_S", "StderrLog"]
@@ -16,6 +22,10 @@ __all__ = ["MAX_STDERR_LINE", "STDERR_BURST", "STDERR_LINES_PER_S", "StderrLog"]
 STDERR_LINES_PER_S = 20.0
 STDERR_BURST = 50
 MAX_STDERR_LINE = 2000
+BACKTRACE_FRAMES = 8  # frames kept in the folded record; a recursion trap prints ~40k
+
+_BACKTRACE_START = b"==== wasm backtrace:"
+_FRAME = re.compile(rb"^\s*\d+: ")
 
 
 class StderrLog:
@@ -28,6 +38,9 @@ class StderrLog:
         self._last = time.monotonic()
         self._dropped = 0
         self._partial = b""
+        self._frames: list[str] | None = None  # the backtrace being folded, if any
+        self._more_frames = 0
+        self._continued = False  # its first part was logged; count the rest
 
     def feed(self, data: bytes) -> None:
         """Log the complete lines ``data`` finishes (and an overlong partial one)."""
@@ -37,12 +50,16 @@ class StderrLog:
             partial = b""
         self._partial = partial
         self._emit(lines)
+        # Log the backtrace now, not when the next line comes (which may be never); frames
+        # that follow in the next chunks (a deep recursion) are only counted.
+        self._end_backtrace(continues=True)
 
     def close(self) -> None:
         """The pipe closed: log what is left and the final suppressed count."""
         lines = [self._partial] if self._partial else []
         self._partial = b""
         self._emit(lines)
+        self._end_backtrace()
         self._report_dropped()
 
     def _emit(self, lines: list[bytes]) -> None:
@@ -52,16 +69,44 @@ class StderrLog:
         )
         self._last = now
         for raw in lines:
+            if raw.strip().startswith(_BACKTRACE_START):
+                self._end_backtrace()
+                self._frames = []
+                continue
+            if self._frames is not None and _FRAME.match(raw):
+                if len(self._frames) < BACKTRACE_FRAMES and not self._continued:
+                    self._frames.append(" ".join(_text(raw).split()))
+                else:
+                    self._more_frames += 1
+                continue
+            self._end_backtrace()
             if self._tokens < 1.0:
                 self._dropped += 1
                 continue
             self._tokens -= 1.0
             self._report_dropped()
-            text = raw[:MAX_STDERR_LINE].decode("utf-8", "replace").rstrip()
+            text = _text(raw)
             if text:
                 self._log.warning("worker %s stderr: %s", self._name, text)
+
+    def _end_backtrace(self, *, continues: bool = False) -> None:
+        frames = self._frames
+        if frames is None:
+            return
+        more, self._more_frames = self._more_frames, 0
+        if self._continued:
+            if more:
+                self._log.debug("worker %s trap backtrace: +%d more frames", self._name, more)
+        else:
+            extra = f" (+{more} more frames)" if more else ""
+            self._log.debug("worker %s trap backtrace: %s%s", self._name, "; ".join(frames), extra)
+        self._frames, self._continued = ([], True) if continues else (None, False)
 
     def _report_dropped(self) -> None:
         if self._dropped:
             self._log.warning("worker %s stderr: [%d lines suppressed]", self._name, self._dropped)
             self._dropped = 0
+
+
+def _text(raw: bytes) -> str:
+    return raw[:MAX_STDERR_LINE].decode("utf-8", "replace").rstrip()
