@@ -170,7 +170,7 @@ class Host:
             jetstream_domain=self.jetstream_domain,
             upstream=upstream.urls if upstream else (),
             data_dir=str(self.config.host.data_dir),
-            config=str(self.config.source) if self.config.source else None,
+            config=str(self.config.source.absolute()) if self.config.source else None,
             nats_server=str(self.server.path),
             nats_server_version=self.server.version_text,
             pid=os.getpid(),

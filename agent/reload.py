@@ -71,7 +71,7 @@ class ReloadPlan:
         """The report ``lattice-edge reload --json`` prints (keys documented in docs/cli.md)."""
         source = self.effective.source
         return {
-            "config": str(source) if source is not None else None,
+            "config": str(source.absolute()) if source is not None else None,
             "changed": [dataclasses.asdict(c) for c in self.changed],
             "restart_needed": [dataclasses.asdict(c) for c in self.restart_needed],
         }

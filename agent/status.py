@@ -87,11 +87,28 @@ async def _from_agent(
     return actors, health if isinstance(health, dict) else None
 
 
+def _binary(config: Config, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which nats-server runs (the agent's run file) or would run (the same search)."""
+    if state is not None and state.get("nats_server"):
+        return {"path": state.get("nats_server"), "version": state.get("nats_server_version"),
+                "chosen": "running"}  # fmt: skip
+    from agent.errors import LeafError
+    from agent.leaf.binary import find_nats_server
+
+    try:
+        server = find_nats_server(config.leaf.nats_server)
+    except LeafError as exc:
+        return {"path": None, "version": None, "chosen": str(exc)}
+    how = "leaf.nats_server" if config.leaf.nats_server else "the newest found"
+    return {"path": str(server.path), "version": server.version_text, "chosen": how}
+
+
 async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-ready dict."""
     state = _read_state(config.run_dir / STATE_FILE)
     agent_up = state is not None and _alive(state.get("pid"))
     leaf = await _leaf_status(config)
+    leaf["binary"] = _binary(config, state if agent_up else None)
     configured = list(config.upstream.urls) if config.upstream else []
     host_id = state.get("host_id") if state else None
     actors: list[dict[str, Any]] = []
