@@ -228,7 +228,7 @@ def actor_sign(
     expires_days: int | None,
     as_json: bool,
 ) -> None:
-    """Embed wascap claims signed by an account; print the module key.
+    """Sign a module with an account key; print the module key.
 
     The claims are what 'wash claims sign' writes; the host runs the result when the
     account is trusted ('lattice-edge trust add').

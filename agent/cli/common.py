@@ -143,13 +143,21 @@ def examples_of(command: click.Command) -> list[str]:
 
 def json_keys_of(command: click.Command) -> tuple[list[str], bool] | None:
     """The documented top-level ``--json`` keys, and whether the output is a list."""
-    match = _JSON_KEYS.search(command.help or "")
-    if match is None:
-        return None
-    text = match.group(1).strip().rstrip(".")
-    is_list = text.startswith("[") and text.endswith("]")
-    keys = [key.strip() for key in text.strip("[]").split(",") if key.strip()]
-    return keys, is_list
+    lines = (command.help or "").splitlines()
+    for index, line in enumerate(lines):
+        match = _JSON_KEYS.match(line)
+        if match is None:
+            continue
+        parts = [match.group(1)]
+        for more in lines[index + 1 :]:  # continuation lines, up to the paragraph's end
+            if not more.strip():
+                break
+            parts.append(more)
+        text = " ".join(part.strip() for part in parts).rstrip(".")
+        is_list = text.startswith("[") and text.endswith("]")
+        keys = [key.strip() for key in text.strip("[]").split(",") if key.strip()]
+        return keys, is_list
+    return None
 
 
 # --- config, logging, output --------------------------------------------------------------

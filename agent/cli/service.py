@@ -243,7 +243,7 @@ def run(config_path: Path | None, log_format: str | None) -> None:
 @config_option
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Show whether the agent, its leaf and the upstream link are up.
+    """Show whether the agent, its leaf and its uplink are up.
 
     Exits 3 when the agent is not running (as 'systemctl status' does).
 
