@@ -31,4 +31,4 @@ def completion(ctx: click.Context, shell: str) -> None:
     root = ctx.find_root().command
     completer = get_completion_class(shell)
     assert completer is not None  # the choice lists only shells click supports
-    click.echo(completer(root, {}, "lattice-edge", COMPLETE_VAR).source())
+    click.echo(completer(root, {}, "lattice-edge", COMPLETE_VAR).source(), nl=False)

@@ -13,6 +13,7 @@ executed``), so at the default level a trap is that one line, and ``--debug`` (o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ STDERR_LINES_PER_S = 20.0
 STDERR_BURST = 50
 MAX_STDERR_LINE = 2000
 BACKTRACE_FRAMES = 8  # frames kept in the folded record; a recursion trap prints ~40k
+BACKTRACE_QUIET_S = 0.1  # a backtrace is complete once the pipe is quiet this long
 
 _BACKTRACE_START = b"==== wasm backtrace:"
 _FRAME = re.compile(rb"^\s*\d+: ")
@@ -40,7 +42,7 @@ class StderrLog:
         self._partial = b""
         self._frames: list[str] | None = None  # the backtrace being folded, if any
         self._more_frames = 0
-        self._continued = False  # its first part was logged; count the rest
+        self._flush: asyncio.TimerHandle | None = None
 
     def feed(self, data: bytes) -> None:
         """Log the complete lines ``data`` finishes (and an overlong partial one)."""
@@ -50,9 +52,17 @@ class StderrLog:
             partial = b""
         self._partial = partial
         self._emit(lines)
-        # Log the backtrace now, not when the next line comes (which may be never); frames
-        # that follow in the next chunks (a deep recursion) are only counted.
-        self._end_backtrace(continues=True)
+        if self._frames is not None:
+            # The rest of a backtrace may come in the next chunks; log it once the pipe
+            # has been quiet for a moment, not when the next line comes (maybe never).
+            if self._flush is not None:
+                self._flush.cancel()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._end_backtrace()
+            else:
+                self._flush = loop.call_later(BACKTRACE_QUIET_S, self._end_backtrace)
 
     def close(self) -> None:
         """The pipe closed: log what is left and the final suppressed count."""
@@ -74,7 +84,7 @@ class StderrLog:
                 self._frames = []
                 continue
             if self._frames is not None and _FRAME.match(raw):
-                if len(self._frames) < BACKTRACE_FRAMES and not self._continued:
+                if len(self._frames) < BACKTRACE_FRAMES:
                     self._frames.append(" ".join(_text(raw).split()))
                 else:
                     self._more_frames += 1
@@ -89,18 +99,16 @@ class StderrLog:
             if text:
                 self._log.warning("worker %s stderr: %s", self._name, text)
 
-    def _end_backtrace(self, *, continues: bool = False) -> None:
-        frames = self._frames
+    def _end_backtrace(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        frames, self._frames = self._frames, None
         if frames is None:
             return
         more, self._more_frames = self._more_frames, 0
-        if self._continued:
-            if more:
-                self._log.debug("worker %s trap backtrace: +%d more frames", self._name, more)
-        else:
-            extra = f" (+{more} more frames)" if more else ""
-            self._log.debug("worker %s trap backtrace: %s%s", self._name, "; ".join(frames), extra)
-        self._frames, self._continued = ([], True) if continues else (None, False)
+        extra = f" (+{more} more frames)" if more else ""
+        self._log.debug("worker %s trap backtrace: %s%s", self._name, "; ".join(frames), extra)
 
     def _report_dropped(self) -> None:
         if self._dropped:
