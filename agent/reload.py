@@ -47,7 +47,7 @@ RUNTIME_KEYS = (
 )
 # Config fields spelt as the file's keys.
 _TOP_LEVEL_KEYS = {"log_level": "log.level", "log_format": "log.format", "log_file": "log.file"}
-_WHOLE = {"host.labels"}  # compared as one value, not key by key
+_WHOLE = {"log.file"}  # sections compared as one value, not key by key
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +111,25 @@ def plan_reload(current: Config, new: Config) -> ReloadPlan:
 
 
 def _flatten(config: Config) -> dict[str, Any]:
+    """Dotted keys to values: each section's keys one by one (``budgets`` too); values
+    such as an address, a label table or the log file are compared whole."""
     flat: dict[str, Any] = {}
     for field in dataclasses.fields(config):
         if field.name == "source":
             continue
         key = _TOP_LEVEL_KEYS.get(field.name, field.name)
-        _walk(key, getattr(config, field.name), flat)
+        value = getattr(config, field.name)
+        if key in _WHOLE:
+            flat[key] = value
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for item in dataclasses.fields(value):
+                flat[f"{key}.{item.name}"] = getattr(value, item.name)
+        elif isinstance(value, Mapping):
+            for name, item in value.items():
+                flat[f"{key}.{name}"] = item
+        else:
+            flat[key] = value
     return flat
-
-
-def _walk(key: str, value: Any, flat: dict[str, Any]) -> None:
-    if key not in _WHOLE and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            _walk(f"{key}.{field.name}", getattr(value, field.name), flat)
-    elif key not in _WHOLE and isinstance(value, Mapping):
-        for name, item in value.items():
-            _walk(f"{key}.{name}", item, flat)
-    else:
-        flat[key] = value
 
 
 def _jsonable(value: Any) -> Any:
