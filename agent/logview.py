@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.config import Config
 from agent.errors import AgentStateError
@@ -121,15 +121,28 @@ def tail_file(path: Path, lines: int) -> list[str]:
 def follow_file(
     path: Path, *, interval: float = 0.5, stop: Callable[[], bool] = lambda: False
 ) -> Iterator[str]:
-    """Lines appended to ``path`` from now on, across rotations, until ``stop()``.
+    """Lines appended to ``path`` from this call on, across rotations, until ``stop()``.
 
-    A rotation (the file replaced: another inode, or shorter than what was read) is
-    followed by reading the new file from its start.
+    The file is opened (at its end) now, not at the first ``next()``, so nothing written
+    in between is missed. A rotation (the file replaced: another inode, or shorter than
+    what was read) is followed by reading the new file from its start.
     """
-    handle = None
-    inode = None
+    try:
+        handle: BinaryIO | None = path.open("rb")
+    except FileNotFoundError:
+        handle = None
+    except OSError as exc:
+        raise AgentStateError(f"cannot read the log {path}: {exc.strerror or exc}") from exc
+    if handle is not None:
+        handle.seek(0, os.SEEK_END)
+    return _follow(path, handle, interval, stop)
+
+
+def _follow(
+    path: Path, handle: BinaryIO | None, interval: float, stop: Callable[[], bool]
+) -> Iterator[str]:
+    inode = os.fstat(handle.fileno()).st_ino if handle is not None else None
     partial = b""
-    at_end = True  # the first open starts at the end; a rotated-in file at its start
     try:
         while not stop():
             if handle is None:
@@ -141,9 +154,6 @@ def follow_file(
                 except OSError as exc:
                     raise AgentStateError(f"cannot read the log {path}: {exc}") from exc
                 inode = os.fstat(handle.fileno()).st_ino
-                if at_end:
-                    handle.seek(0, os.SEEK_END)
-                    at_end = False
             chunk = handle.read(_BLOCK)
             if chunk:
                 *complete, partial = (partial + chunk).split(b"\n")

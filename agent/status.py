@@ -65,7 +65,7 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
 
 
 async def _from_agent(
-    config: Config, host_id: str
+    config: Config, host_id: str, timeout: float = 5.0
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The running actors (the host's lattice inventory) and the agent's health report;
     empty when the agent cannot be reached."""
@@ -74,9 +74,9 @@ async def _from_agent(
     from agent.lattice.client import connect_local
 
     try:
-        async with connect_local(config) as client:
-            inventory = await client.inventory(host_id)
-            health = await client.request(subjects.agent_health(host_id))
+        async with connect_local(config, connect_timeout=min(timeout, 3.0)) as client:
+            inventory = await client.inventory(host_id, timeout=timeout)
+            health = await client.request(subjects.agent_health(host_id), timeout=timeout)
     except LatticeEdgeError:
         return [], None
     actors = [
@@ -103,8 +103,11 @@ def _binary(config: Config, state: dict[str, Any] | None) -> dict[str, Any] | No
     return {"path": str(server.path), "version": server.version_text, "chosen": how}
 
 
-async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
-    """Everything ``status`` shows, as a JSON-ready dict."""
+async def gather_status(
+    config: Config, profile_name: str, *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Everything ``status`` shows, as a JSON-ready dict; ``timeout`` bounds each request
+    to the agent."""
     state = _read_state(config.run_dir / STATE_FILE)
     agent_up = state is not None and _alive(state.get("pid"))
     leaf = await _leaf_status(config)
@@ -114,7 +117,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
     actors: list[dict[str, Any]] = []
     health: dict[str, Any] | None = None
     if agent_up and isinstance(host_id, str):
-        actors, health = await _from_agent(config, host_id)
+        actors, health = await _from_agent(config, host_id, timeout)
     return {
         "agent": {
             "up": agent_up,

@@ -241,8 +241,9 @@ def run(config_path: Path | None, log_format: str | None) -> None:
 
 @click.command()
 @config_option
+@timeout_option(5.0, "for each answer of the agent")
 @json_option
-def status(config_path: Path | None, as_json: bool) -> None:
+def status(config_path: Path | None, timeout: float, as_json: bool) -> None:
     """Show whether the agent, its leaf and its uplink are up.
 
     Exits 3 when the agent is not running (as 'systemctl status' does).
@@ -261,7 +262,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
     choice = choose_config(config_path)
     config: Config = choice.config
-    report = asyncio.run(gather_status(config, resolve_board(config).profile.name))
+    report = asyncio.run(gather_status(config, resolve_board(config).profile.name, timeout=timeout))
     report["config"] = {
         "path": str(choice.path) if choice.path else None,
         "origin": choice.origin,
