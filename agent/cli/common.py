@@ -81,11 +81,24 @@ def _config_help() -> str:
     )
 
 
+def _own_config_help() -> str:
+    return f"Config file (default: ${CONFIG_ENV}, then {shown_config_path()})."
+
+
 config_option = click.option(
     "--config",
     "config_path",
     cls=LiveHelpOption,
     live_help=_config_help,
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+)
+# For 'run' and 'init', which never take another running agent's config.
+own_config_option = click.option(
+    "--config",
+    "config_path",
+    cls=LiveHelpOption,
+    live_help=_own_config_help,
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
 )

@@ -18,6 +18,7 @@ from agent.cli.common import (
     json_option,
     load_or_none,
     no_data_output,
+    own_config_option,
     public_keys_option,
     setup_logging,
     shown_data_dir,
@@ -32,7 +33,7 @@ __all__ = ["demo", "init", "local_host_id", "reload", "run", "status"]
 
 
 @click.command()
-@config_option
+@own_config_option
 @click.option(
     "--data-dir",
     cls=LiveHelpOption,
@@ -182,7 +183,7 @@ def _next_steps(config: Path, *, trusted: bool) -> list[tuple[str, str]]:
 
 @no_data_output("runs the agent in the foreground; its log is the output")
 @click.command()
-@config_option
+@own_config_option
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
