@@ -14,7 +14,7 @@ import click
 
 from agent.cli.common import DOCS, examples_of, json_keys_of
 
-__all__ = ["render", "walk"]
+__all__ = ["context_for", "render", "walk"]
 
 INTRO = """\
 # The `lattice-edge` command line
@@ -56,11 +56,14 @@ def walk(
             yield from walk(command.commands[name], (*path, name))
 
 
-def _context(path: tuple[str, ...], command: click.Command) -> click.Context:
-    parent = None
-    for name in path[:-1]:
-        parent = click.Context(click.Command(name), info_name=name, parent=parent)
-    return click.Context(command, info_name=path[-1], parent=parent)
+def context_for(root: click.Command, path: tuple[str, ...]) -> click.Context:
+    """The context ``path`` runs in, with each level's context settings (``-h``)."""
+    command, ctx = root, click.Context(root, info_name=path[0], **root.context_settings)
+    for name in path[1:]:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+        ctx = click.Context(command, info_name=name, parent=ctx, **command.context_settings)
+    return ctx
 
 
 def _body(command: click.Command) -> list[str]:
@@ -85,8 +88,8 @@ def _dedent(lines: list[str]) -> list[str]:
     return [line[indent:] for line in lines]
 
 
-def _section(path: tuple[str, ...], command: click.Command) -> list[str]:
-    ctx = _context(path, command)
+def _section(root: click.Command, path: tuple[str, ...], command: click.Command) -> list[str]:
+    ctx = context_for(root, path)
     name = " ".join(path)
     out = [f"## `{name}`", "", command.get_short_help_str(limit=200), ""]
     out += _body(command)
@@ -126,7 +129,7 @@ def render(root: click.Command) -> str:
     try:
         out = [INTRO]
         for path, command in walk(root):
-            out += _section(path, command)
+            out += _section(root, path, command)
     finally:
         DOCS["enabled"] = False
     return "\n".join(out).rstrip() + "\n"

@@ -17,7 +17,7 @@ import pytest
 
 from agent.cli import cli
 from agent.cli.common import examples_of, json_keys_of
-from agent.cli.docs import render, walk
+from agent.cli.docs import context_for, render, walk
 from agent.identity.keys import KeyKind, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,9 +86,7 @@ def test_every_example_parses(item: tuple[tuple[str, ...], click.Command]) -> No
             if word.isupper() and len(word) > 2 and word.replace("_", "").isalpha():
                 assert word in PLACEHOLDERS, f"unknown placeholder {word} in {example!r}"
                 words[index] = PLACEHOLDERS[word]
-        parent = click.Context(cli, info_name="lattice-edge")
-        for name in path[1:-1]:
-            parent = click.Context(click.Command(name), info_name=name, parent=parent)
+        parent = context_for(cli, path[:-1])
         # parses options and arguments exactly as a run would, without running it
         command.make_context(path[-1], words[len(path) :], parent=parent)
 
