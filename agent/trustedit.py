@@ -124,8 +124,7 @@ def edit_trust(
         for key in {targets[k] for k in [*added, *removed]}:
             text = _set_array(text, key, lists[key], path)
         _check(text, raw, lists, path)
-        mode = stat.S_IMODE(path.stat().st_mode)
-        write_atomic(path, text.encode("utf-8"), mode=mode)
+        _replace(path, text)
     return TrustEdit(
         path=path,
         trusted_issuers=tuple(lists["trusted_issuers"]),
@@ -134,6 +133,18 @@ def edit_trust(
         removed=tuple(removed),
         warnings=_overridden(env),
     )
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write the edit atomically, keeping the file's mode and (as root) its owner."""
+    try:
+        info = path.stat()
+        owner = (info.st_uid, info.st_gid) if os.geteuid() == 0 else None
+        write_atomic(path, text.encode("utf-8"), mode=stat.S_IMODE(info.st_mode), owner=owner)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write: {exc.strerror or exc} (nothing was changed)", source=path
+        ) from exc
 
 
 def _parse(text: str, path: Path) -> dict[str, Any]:

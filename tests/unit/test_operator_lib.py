@@ -216,3 +216,26 @@ def test_where_the_log_is(tmp_path: Path) -> None:
     assert log_source(bare, None, journal_has=lambda unit: True).unit == "lattice-edge.service"
     with pytest.raises(AgentStateError, match="set \\[log\\] file"):
         log_source(bare, None, journal_has=lambda unit: False)
+
+
+def test_trust_edit_keeps_the_files_owner_and_says_when_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "a.toml", "[trust]\ntrusted_issuers = []\n")
+    path.chmod(0o640)
+    if os.geteuid() == 0:  # as root (CI), the edit must keep the service's owner
+        os.chown(path, 4321, 4321)
+    edit_trust(path, add=[generate(KeyKind.ACCOUNT).public_key], env={})
+    info = path.stat()
+    assert info.st_mode & 0o777 == 0o640
+    if os.geteuid() == 0:
+        assert (info.st_uid, info.st_gid) == (4321, 4321)
+    before = path.read_text()
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("agent.trustedit.write_atomic", refuse)
+    with pytest.raises(ConfigError, match="cannot write: Permission denied"):
+        edit_trust(path, add=[generate(KeyKind.ACCOUNT).public_key], env={})
+    assert path.read_text() == before
