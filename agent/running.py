@@ -44,6 +44,7 @@ __all__ = [
 logger = logging.getLogger("lattice_edge.host")
 
 RUN_FILE = "agent.json"
+SYSTEM_CONFIG = Path("/etc/lattice-edge/agent.toml")  # the packaged service's config
 _MAX_RUN_FILE = 64 * 1024
 
 
@@ -175,7 +176,8 @@ def resolve_config(
     explicit: Path | None, env: Mapping[str, str] | None = None, *, follow_running: bool = True
 ) -> ConfigChoice:
     """The config a command uses: ``--config``, then ``$LATTICE_EDGE_CONFIG``, then the
-    config of the one agent this user runs, then the default file, then the embedded
+    config of the one agent this user runs, then the default file, then (for a user who
+    may read it) the system service's ``/etc/lattice-edge/agent.toml``, then the embedded
     default.
 
     With more than one running agent and nothing named, which one is meant is not
@@ -213,6 +215,9 @@ def resolve_config(
     default = default_config_path()
     if default.is_file():
         return ConfigChoice(load_config(default, environ), default, "the default location")
+    # An operator in group lattice-edge on a packaged device: the service's config.
+    if default != SYSTEM_CONFIG and os.access(SYSTEM_CONFIG, os.R_OK):
+        return ConfigChoice(load_config(SYSTEM_CONFIG, environ), SYSTEM_CONFIG, "the system config")
     return ConfigChoice(load_config(None, environ), None, "no config file anywhere")
 
 

@@ -75,9 +75,12 @@ def shown_data_dir() -> str:
 
 
 def _config_help() -> str:
+    system = (
+        "" if shown_config_path().startswith("/etc/") else ", then /etc/lattice-edge/agent.toml"
+    )
     return (
         f"Config file (default: ${CONFIG_ENV}, then the config of the agent this user runs, "
-        f"then {shown_config_path()})."
+        f"then {shown_config_path()}{system})."
     )
 
 

@@ -32,8 +32,10 @@ Conventions that hold for every command:
 
 - **Which config.** `--config FILE`, else `$LATTICE_EDGE_CONFIG`, else the config of the
   agent this user runs (when exactly one runs; with several, say which with `--config`),
-  else `/etc/lattice-edge/agent.toml` (root) or `~/.config/lattice-edge/agent.toml`, else
-  the embedded default. `status` prints which one it used and why.
+  else `/etc/lattice-edge/agent.toml` (root) or `~/.config/lattice-edge/agent.toml` (then,
+  for a user who may read it, the service's `/etc/lattice-edge/agent.toml`), else the
+  embedded default. `status` prints which one it used and why. `run` and `init` never take
+  another agent's config: for them it is `--config`, `$LATTICE_EDGE_CONFIG` or the default.
 - **`--json`.** Every command that prints data takes `--json` and then prints one JSON
   document on stdout; its top-level keys are listed under each command and are stable
   (new keys may be added, none renamed or removed). Human-readable output may change.

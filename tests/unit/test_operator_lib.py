@@ -120,9 +120,19 @@ def test_trust_edit_warns_about_an_environment_override(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[dict[str, str]]:
+def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A user with their own agent index and no config at the default places."""
+    monkeypatch.setattr("agent.running.default_config_path", lambda: tmp_path / "none.toml")
+    monkeypatch.setattr("agent.running.SYSTEM_CONFIG", tmp_path / "etc.toml")
     env = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime"), "XDG_CONFIG_HOME": str(tmp_path / "c")}
     yield env
+
+
+def test_an_operator_falls_back_to_the_system_config(tmp_path: Path, index: dict[str, str]) -> None:
+    system = write(tmp_path / "etc.toml", "[host]\nname = 'service'\n")
+    choice = resolve_config(None, index)
+    assert (choice.path, choice.origin) == (system, "the system config")
+    assert choice.config.host.name == "service"
 
 
 def _fake_agent(tmp_path: Path, name: str, pid: int, env: dict[str, str]) -> Path:
