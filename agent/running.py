@@ -168,8 +168,9 @@ class ConfigChoice:
 
     def describe(self) -> str:
         """``/etc/lattice-edge/agent.toml (from --config)`` or the embedded default."""
-        what = str(self.path) if self.path is not None else "the embedded default config"
-        return f"{what} (from {self.origin})"
+        if self.path is None:
+            return f"the embedded default config ({self.origin})"
+        return f"{self.path} (from {self.origin})"
 
 
 def resolve_config(
@@ -218,7 +219,7 @@ def resolve_config(
     # An operator in group lattice-edge on a packaged device: the service's config.
     if default != SYSTEM_CONFIG and os.access(SYSTEM_CONFIG, os.R_OK):
         return ConfigChoice(load_config(SYSTEM_CONFIG, environ), SYSTEM_CONFIG, "the system config")
-    return ConfigChoice(load_config(None, environ), None, "no config file anywhere")
+    return ConfigChoice(load_config(None, environ), None, "no config file found")
 
 
 def service_unit(env: Mapping[str, str] | None = None) -> str | None:

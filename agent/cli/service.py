@@ -255,7 +255,7 @@ def status(config_path: Path | None, timeout: float, as_json: bool) -> None:
       lattice-edge status --json
 
     \b
-    JSON keys: agent, leaf, upstream, actors, health, profile, device, config
+    JSON keys: agent, leaf, upstream, actors, health, profile, device, config, logs
     """
     from agent.boards import resolve_board
     from agent.report import format_status
@@ -268,16 +268,31 @@ def status(config_path: Path | None, timeout: float, as_json: bool) -> None:
         "path": str(choice.path) if choice.path else None,
         "origin": choice.origin,
     }
+    report["logs"] = _where_logs_go(config, report["agent"]["up"])
     if as_json:
         echo_json(report)
     else:
         click.echo(format_status(report))
         click.echo(f"config   : {choice.describe()}")
+        click.echo(f"logs     : {report['logs'] or 'stderr of the terminal that runs it'}")
         if not report["agent"]["up"]:
             named = f" --config {choice.path}" if choice.path else ""
             click.echo(f"hint     : start it with 'lattice-edge run{named}'")
     if not report["agent"]["up"]:
         sys.exit(3)
+
+
+def _where_logs_go(config: Config, up: bool) -> str | None:
+    """What 'lattice-edge logs' would read, in words (None: only the agent's stderr)."""
+    from agent.errors import AgentStateError
+    from agent.logview import log_source
+    from agent.running import RUN_FILE, read_run_file
+
+    info = read_run_file(config.run_dir / RUN_FILE) if up else None
+    try:
+        return log_source(config, info, journal_has=lambda _unit: False).describe()
+    except AgentStateError:
+        return None
 
 
 # --- reload --------------------------------------------------------------------------------

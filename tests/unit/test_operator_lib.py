@@ -146,7 +146,7 @@ def _fake_agent(tmp_path: Path, name: str, pid: int, env: dict[str, str]) -> Pat
 
 
 def test_the_one_running_agent_gives_the_config(tmp_path: Path, index: dict[str, str]) -> None:
-    assert resolve_config(None, index).origin == "no config file anywhere"
+    assert resolve_config(None, index).origin == "no config file found"
     config = _fake_agent(tmp_path, "a", os.getpid(), index)
     choice = resolve_config(None, index)
     assert choice.path == config and choice.origin == f"the running agent, pid {os.getpid()}"
