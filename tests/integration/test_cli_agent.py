@@ -223,6 +223,8 @@ def test_logs_shows_the_log_file_and_follows_it(
     env = user_env(tmp_path)
     agent = agent_factory(config, data, env=env).start()
     agent.wait_ready()
+    status = json.loads(run_cli("status", "--json", "--config", str(config), env=env).stdout)
+    assert status["logs"] == str(log)  # status says where the log is
     shown = run_cli("logs", "-n", "20", "--config", str(config), env=env)
     assert shown.returncode == 0, shown.stderr
     assert "nats-server" in shown.stdout and "ready" in shown.stdout
