@@ -30,6 +30,7 @@ __all__ = [
     "HostSettings",
     "LeafSettings",
     "LocalUserSettings",
+    "LogFileSettings",
     "MqttUserSettings",
     "TrustSettings",
     "UpstreamSettings",
@@ -184,6 +185,15 @@ NO_FIRMWARE = FirmwareSettings((), None, 5.0, 60.0, ())
 
 
 @dataclass(frozen=True, slots=True)
+class LogFileSettings:
+    """``[log] file``: a log file, rotated at ``max_bytes`` with ``backups`` old copies kept."""
+
+    path: Path
+    max_bytes: int = 10 * 2**20
+    backups: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is None for the embedded default."""
 
@@ -197,6 +207,7 @@ class Config:
     log_format: str = "text"
     source: Path | None = None
     firmware: FirmwareSettings = field(default_factory=lambda: NO_FIRMWARE)
+    log_file: LogFileSettings | None = None
 
     @property
     def keys_dir(self) -> Path:
@@ -382,6 +393,13 @@ def _positive(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"must be a positive number, got {value!r}")
     return float(value)
+
+
+def _backups(value: Any) -> int:
+    # At least one: RotatingFileHandler with no backups never truncates, so the cap fails.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValueError(f"must be a whole number from 1 to 100, got {value!r}")
+    return value
 
 
 def _host_port(value: Any) -> HostPort:
@@ -576,13 +594,21 @@ def parse_config(
     budgets = {key: b.get(key, 0.0, _budget_converter(key)) for key in b.table}
 
     lg = _Reader(raw.get("log"), "log", source, overrides)
-    lg.reject_unknown({"level", "format"})
+    lg.reject_unknown({"level", "format", "file", "file_max_mb", "file_backups"})
     log_level = lg.get("level", "info", _string).lower()
     if log_level not in LOG_LEVELS:
         raise lg.error("level", f"must be one of {', '.join(LOG_LEVELS)}")
     log_format = lg.get("format", "text", _string).lower()
     if log_format not in LOG_FORMATS:
         raise lg.error("format", f"must be one of {', '.join(LOG_FORMATS)}")
+    log_path = lg.get("file", None, optional_path)
+    log_file = None
+    if log_path is not None:
+        log_file = LogFileSettings(
+            path=log_path,
+            max_bytes=int(lg.get("file_max_mb", 10.0, _positive) * 2**20),
+            backups=lg.get("file_backups", 3, _backups),
+        )
 
     return Config(
         host=host,
@@ -595,6 +621,7 @@ def parse_config(
         log_format=log_format,
         source=source,
         firmware=_parse_firmware(raw.get("firmware"), source, path_of, overrides),
+        log_file=log_file,
     )
 
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import load_config
-from agent.errors import FleetRequestError, IdentityError, LatticeEdgeError
+from agent.errors import FleetRequestError, IdentityError
 from agent.fleet_state import read_fleet_state, write_fleet_state
 from agent.identity import jwt
 from agent.identity.keys import KeyPair
@@ -49,7 +47,7 @@ class DeviceLink:
         self._next_try: float | None = None
 
     def request_reload(self) -> None:
-        """Re-read the config at the next opportunity (the SIGHUP handler)."""
+        """The host's config was reloaded: pick it up at the next opportunity."""
         self._reload.set()
 
     async def run(self) -> None:
@@ -168,37 +166,10 @@ class DeviceLink:
     # --- reload --------------------------------------------------------------------------
 
     async def apply_config(self) -> None:
-        """Re-read the config file; apply upstream, labels and trust to the running host."""
-        host = self.host
-        source = host.config.source
-        if source is None:
-            logger.warning("SIGHUP: the embedded default config has no file to re-read")
-            return
-        try:
-            new = await asyncio.to_thread(load_config, source)
-            if new.upstream is not None and new.upstream.credentials is not None:
-                await asyncio.to_thread(jwt.read_creds, new.upstream.credentials)
-        except LatticeEdgeError as exc:
-            logger.error("SIGHUP: %s; keeping the running configuration", exc)
-            return
-        old = host.config
-        if new.host.lattice != old.host.lattice or new.leaf != old.leaf:
-            logger.warning("SIGHUP: lattice or leaf settings changed; restart the agent for them")
-        host.config = dataclasses.replace(
-            old,
-            upstream=new.upstream,
-            trust=new.trust,
-            host=dataclasses.replace(old.host, labels=new.host.labels),
-        )
-        self._apply_identity()
+        """After a reload (:meth:`agent.host.Host.reload` applied the new config): renew on
+        the new credentials' schedule, and announce the host on its new link."""
         self._next_try, self._retry_delay = None, RETRY_INITIAL_S
-        if new.upstream != old.upstream:
-            host.write_leaf_config()
-            await host.leaf.restart()
-            logger.info("SIGHUP: the leaf restarted with the new upstream")
-            await self._announce_when_linked()
-        else:
-            logger.info("SIGHUP: configuration re-read")
+        await self._announce_when_linked()
 
     async def _announce_when_linked(self, timeout: float = LINK_WAIT_S) -> None:
         """Heartbeat as soon as the upstream link is up, so the cloud sees this host (with
@@ -221,19 +192,3 @@ class DeviceLink:
                 host.control.heartbeat()
                 return
             await asyncio.sleep(0.2)
-
-    def _apply_identity(self) -> None:
-        from agent.lattice.control import host_labels
-
-        host = self.host
-        model = host.board.detection.model if host.board.detection else None
-        if host.control is not None:
-            host.control.facts.labels = host_labels(
-                host.board.profile.name, model, host.config.host.labels
-            )
-            host.control.facts.cluster_issuers = host.cluster_issuers
-        if host.registry is not None:
-            host.registry.trusted_issuers = host.config.trust.trusted_issuers
-            host.registry.allow_unsigned = host.config.trust.allow_unsigned
-        if host.rpc is not None:
-            host.rpc.set_cluster_issuers(host.cluster_issuers)

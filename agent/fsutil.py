@@ -51,11 +51,19 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` atomically, creating parent directories (0750)."""
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = FILE_MODE, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace ``path`` with ``data`` atomically, creating parent directories (0750).
+
+    ``owner`` (uid, gid) is given to the new file before it replaces the old one, so an
+    edit by root keeps a file readable by the service user and group it belonged to.
+    """
     ensure_dir(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

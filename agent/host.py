@@ -5,7 +5,8 @@ node ready → NATS connection → desired state restored → lattice → firmwa
 MCUs are configured) → run file → ``READY=1``. Shutdown reverses it, each step bounded:
 stop taking requests, stop the firmware bridge, drain NATS, lame-duck and stop the leaf,
 remove the run file, release the lock. SIGTERM and SIGINT request shutdown; a second
-SIGINT forces it.
+SIGINT forces it. SIGHUP (and ``lattice-edge reload``) reloads the config:
+:meth:`Host.reload`, see :mod:`agent.reload`.
 
 Every background task runs under :class:`~agent.background.Background`'s one error
 policy, so nothing but shutdown ends the host. A host is made by
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__
+from agent import __version__, running
 from agent.background import Background
 from agent.boards import Board
 from agent.capabilities.base import Capabilities
@@ -36,6 +37,7 @@ from agent.datadir import DataDirLock
 from agent.errors import LatticeEdgeError, LeafConfigError
 from agent.fsutil import ensure_dir, write_atomic
 from agent.identity.host import HostKeys
+from agent.identity.jwt import read_creds
 from agent.identity.keys import KeyPair
 from agent.identity.local import load_agent_user
 from agent.lattice import subjects
@@ -57,6 +59,8 @@ from agent.systemd import Notifier
 
 if TYPE_CHECKING:
     from agent.capabilities.subscriptions import Subscriptions
+    from agent.device_link import DeviceLink
+    from agent.reload import ReloadPlan
 
 __all__ = ["DEMO_ACTOR_NAME", "STATE_FILE", "Host", "HostInfo", "HostState"]
 
@@ -98,6 +102,8 @@ class HostInfo:
     pid: int
     started_at: float
     version: str = __version__
+    systemd_unit: str | None = None  # set when systemd runs the agent (logs go to the journal)
+    log_file: str | None = None
 
 
 class Host:
@@ -144,6 +150,7 @@ class Host:
         self.rpc: RpcServer | None = None
         self.firmware: Any = None  # firmware_bridge.bridge.FirmwareBridge when MCUs are configured
         self.subscriptions: Subscriptions | None = None  # wasmcloud:messaging SUBSCRIPTION links
+        self.device_link: DeviceLink | None = None  # credential renewal (fleet devices)
         self.links = LinkTable()
         self.state_store = StateStore(config.host.data_dir / "state.json")
         self.keeper = StateKeeper(self.state_store, self._running_state)
@@ -151,6 +158,7 @@ class Host:
         self.health_sections: dict[str, Callable[[], Any]] = {}
         self._stop = asyncio.Event()
         self._force = False
+        self._reloading = asyncio.Lock()
 
     # --- information ------------------------------------------------------------------
 
@@ -172,11 +180,13 @@ class Host:
             jetstream_domain=self.jetstream_domain,
             upstream=upstream.urls if upstream else (),
             data_dir=str(self.config.host.data_dir),
-            config=str(self.config.source) if self.config.source else None,
+            config=str(self.config.source.absolute()) if self.config.source else None,
             nats_server=str(self.server.path),
             nats_server_version=self.server.version_text,
             pid=os.getpid(),
             started_at=time.time(),
+            systemd_unit=running.service_unit(),
+            log_file=str(self.config.log_file.path) if self.config.log_file else None,
         )
 
     # --- lifecycle --------------------------------------------------------------------
@@ -237,6 +247,8 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
+        # A closed terminal sends SIGHUP: reload, never die of it (daemons' convention).
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         watchdog: asyncio.Task[None] | None = None
         try:
             ensure_dir(self.config.run_dir)
@@ -248,10 +260,11 @@ class Host:
                 await self._start_lattice(registry)
                 assert self.background is not None
                 self.background.spawn(self._keep_state_saved(), what="state file retry")
-                self._start_device_link(self.background, loop)
+                self._start_device_link(self.background)
                 await self._start_firmware(tasks)
                 info = self.info()
                 write_atomic(self.config.run_dir / STATE_FILE, json.dumps(asdict(info)).encode())
+                running.register(asdict(info))
                 self.state = HostState.RUNNING
                 self.notifier.ready(f"serving {info.client_url}")
                 if self.notifier.watchdog_interval:
@@ -275,13 +288,12 @@ class Host:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
-    def _start_device_link(self, background: Background, loop: asyncio.AbstractEventLoop) -> None:
-        """Credential renewal for a fleet device, and SIGHUP: re-read the upstream."""
+    def _start_device_link(self, background: Background) -> None:
+        """Credential renewal for a fleet device (and its new link after a reload)."""
         from agent.device_link import DeviceLink
 
-        link = DeviceLink(self)
-        loop.add_signal_handler(signal.SIGHUP, link.request_reload)
-        background.spawn(link.run(), what="device link")
+        self.device_link = DeviceLink(self)
+        background.spawn(self.device_link.run(), what="device link")
 
     async def _connect(self) -> Any:
         import nats  # the client library is the largest import; load it when needed
@@ -399,15 +411,16 @@ class Host:
 
     async def _start_lattice(self, registry: ActorRegistry) -> None:
         """Serve the control interface and actor RPC; announce the host."""
+        from agent.reload import answer_reload
+
         board = self.board
-        model = board.detection.model if board.detection else None
         facts = HostFacts(
             host_id=self.keys.host_id,
             cluster_key=self.keys.cluster.public_key,
             cluster_issuers=self.cluster_issuers,
             lattice=self.config.host.lattice,
             friendly_name=self.config.host.name,
-            labels=host_labels(board.profile.name, model, self.config.host.labels),
+            labels=self._labels(),
             js_domain=self.jetstream_domain if self.config.leaf.jetstream else None,
             client_url=self.client_url,
         )
@@ -443,6 +456,64 @@ class Host:
         await self.subscriptions.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
         await self.nats.subscribe(subjects.agent_health(self.keys.host_id), cb=self._answer_health)
+        await self.nats.subscribe(
+            subjects.agent_reload(self.keys.host_id), cb=answer_reload(self.reload)
+        )
+
+    def _labels(self) -> dict[str, str]:
+        model = self.board.detection.model if self.board.detection else None
+        return host_labels(self.board.profile.name, model, self.config.host.labels)
+
+    # --- reload -----------------------------------------------------------------------
+
+    async def reload(self) -> ReloadPlan:
+        """Load the config file again and apply what can change while running.
+
+        Raises ConfigError (naming key and file) when the new file is invalid; the host
+        then keeps running on the config it has. See :mod:`agent.reload`.
+        """
+        from agent.reload import load_again, plan_reload
+
+        async with self._reloading:
+            new = await asyncio.to_thread(load_again, self.config)
+            plan = plan_reload(self.config, new)
+            upstream = plan.effective.upstream
+            relink = any(c.key.split(".")[0] == "upstream" for c in plan.changed)
+            if relink and upstream is not None and upstream.credentials is not None:
+                await asyncio.to_thread(read_creds, upstream.credentials)  # CredsError: keep
+            self._apply_runtime_config(plan.effective)
+            if relink:
+                # A new upstream (an enrollment, new URLs): the leaf restarts with it; the
+                # agent, its actors and its local clients carry on.
+                self.write_leaf_config()
+                await self.leaf.restart()
+            if self.device_link is not None:
+                self.device_link.request_reload()
+        logger.info("%s", plan.summary())
+        return plan
+
+    def _apply_runtime_config(self, config: Config) -> None:
+        """The one place a reload changes a running host (keys: agent.reload.RUNTIME_KEYS)."""
+        from agent.logs import set_level
+
+        self.config = config
+        if self.registry is not None:
+            self.registry.trusted_issuers = config.trust.trusted_issuers
+            self.registry.allow_unsigned = config.trust.allow_unsigned
+        if self.rpc is not None:
+            self.rpc.cluster_issuers = self.cluster_issuers
+        if self.control is not None:
+            self.control.facts.cluster_issuers = self.cluster_issuers
+            self.control.facts.labels = self._labels()
+        set_level(config.log_level)
+
+    def _on_hangup(self) -> None:
+        from agent.reload import reload_logged
+
+        if self.state is not HostState.RUNNING or self.background is None:
+            logger.warning("SIGHUP during start-up or shutdown: not reloading")
+            return
+        self.background.spawn(reload_logged(self.reload), what="reload on SIGHUP")
 
     async def _answer_health(self, msg: Any) -> None:
         if msg.reply:
@@ -591,6 +662,7 @@ class Host:
         await self.leaf.stop()
         with contextlib.suppress(OSError):
             (self.config.run_dir / STATE_FILE).unlink()
+        running.unregister(os.getpid())
         self.state = HostState.STOPPED
         logger.info("stopped")
 

@@ -19,13 +19,17 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.config import LogFileSettings
 
 __all__ = [
     "EscapingFormatter",
     "JsonFormatter",
     "RateLimiter",
     "escape",
+    "set_level",
     "setup_logging",
 ]
 
@@ -61,18 +65,70 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str, log_format: str = "text", *, debug: bool = False) -> None:
-    """Configure the root logger once for a command: stderr, text or JSON lines."""
+_TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_forced_debug = False  # --debug wins over the config's level, also after a reload
+
+
+def _formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else EscapingFormatter(_TEXT_FORMAT)
+
+
+def setup_logging(
+    level: str,
+    log_format: str = "text",
+    *,
+    debug: bool = False,
+    log_file: LogFileSettings | None = None,
+) -> None:
+    """Configure the root logger once for a command: stderr, text or JSON lines.
+
+    With a ``log_file`` every record goes to that file (rotated at its size, with its
+    backups kept, mode 0640 under the agent's umask) and only warnings and errors still
+    go to stderr, so a terminal or the journal shows problems without every line being
+    written twice to an SD card.
+    """
+    global _forced_debug
+    _forced_debug = debug
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(_formatter(log_format))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
+        existing.close()
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else getattr(logging, level.upper()))
+    if log_file is not None:
+        handler.setLevel(logging.WARNING)
+        root.addHandler(_file_handler(log_file, log_format))
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the log level of a running process (``--debug`` keeps it at debug)."""
+    logging.getLogger().setLevel(
+        logging.DEBUG if _forced_debug else getattr(logging, level.upper())
+    )
+
+
+def _file_handler(settings: LogFileSettings, log_format: str) -> logging.Handler:
+    from logging.handlers import RotatingFileHandler
+
+    from agent.errors import ConfigError
+    from agent.fsutil import ensure_dir
+
+    try:
+        ensure_dir(settings.path.parent)
+        handler = RotatingFileHandler(
+            settings.path,
+            maxBytes=settings.max_bytes,
+            backupCount=settings.backups,
+            encoding="utf-8",
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the log file {settings.path}: {exc.strerror or exc}", key="log.file"
+        ) from exc
+    handler.setFormatter(_formatter(log_format))
+    return handler
 
 
 class RateLimiter:

@@ -26,6 +26,10 @@ def format_status(report: dict[str, Any]) -> str:
         f"host id  : {agent['host_id'] or '-'}",
         f"leaf     : {_yes(leaf['up'])} {leaf.get('version') or ''} at {agent['client_url']}",
     ]
+    binary = leaf.get("binary")
+    if binary:
+        lines.append(f"nats-srv : {binary.get('version') or '?'} ({binary.get('path')}, "
+                     f"{binary.get('chosen')})")  # fmt: skip
     if upstream["configured"]:
         state = "connected" if upstream["connected"] else "not connected"
         lines.append(f"upstream : {state} ({', '.join(upstream['configured'])})")
@@ -108,7 +112,11 @@ def format_inspect(report: dict[str, Any]) -> str:
         f"imports   : {imports or '-'}",
         f"exports   : {exports or '-'}",
         f"memory    : {memory.get('min_pages', '-')}..{memory.get('max_pages') or 'unbounded'} "
-        f"pages, admitted as ..{admitted.get('max_pages', '-')}",
+        + (
+            f"pages, admitted as ..{admitted['max_pages']}"
+            if "max_pages" in admitted
+            else "pages (not admitted)"
+        ),
         "verdict   : " + ("accepted" if verdict["accepted"] else f"rejected: {verdict['reason']}"),
     ]
     lines += [f"warning   : {warning}" for warning in report.get("warnings", [])]

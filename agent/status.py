@@ -75,7 +75,7 @@ async def _leaf_status(config: Config) -> dict[str, Any]:
 
 
 async def _from_agent(
-    config: Config, host_id: str
+    config: Config, host_id: str, timeout: float = 5.0
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The running actors (the host's lattice inventory) and the agent's health report;
     empty when the agent cannot be reached."""
@@ -84,9 +84,9 @@ async def _from_agent(
     from agent.lattice.client import connect_local
 
     try:
-        async with connect_local(config) as client:
-            inventory = await client.inventory(host_id)
-            health = await client.request(subjects.agent_health(host_id))
+        async with connect_local(config, connect_timeout=min(timeout, 3.0)) as client:
+            inventory = await client.inventory(host_id, timeout=timeout)
+            health = await client.request(subjects.agent_health(host_id), timeout=timeout)
     except LatticeEdgeError:
         return [], None
     actors = [
@@ -97,17 +97,37 @@ async def _from_agent(
     return actors, health if isinstance(health, dict) else None
 
 
-async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
-    """Everything ``status`` shows, as a JSON-ready dict."""
+def _binary(config: Config, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which nats-server runs (the agent's run file) or would run (the same search)."""
+    if state is not None and state.get("nats_server"):
+        return {"path": state.get("nats_server"), "version": state.get("nats_server_version"),
+                "chosen": "running"}  # fmt: skip
+    from agent.errors import LeafError
+    from agent.leaf.binary import find_nats_server
+
+    try:
+        server = find_nats_server(config.leaf.nats_server)
+    except LeafError as exc:
+        return {"path": None, "version": None, "chosen": str(exc)}
+    how = "leaf.nats_server" if config.leaf.nats_server else "the newest found"
+    return {"path": str(server.path), "version": server.version_text, "chosen": how}
+
+
+async def gather_status(
+    config: Config, profile_name: str, *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Everything ``status`` shows, as a JSON-ready dict; ``timeout`` bounds each request
+    to the agent."""
     state = _read_state(config.run_dir / STATE_FILE)
     agent_up = state is not None and _alive(state.get("pid"))
     leaf = await _leaf_status(config)
+    leaf["binary"] = _binary(config, state if agent_up else None)
     configured = list(config.upstream.urls) if config.upstream else []
     host_id = state.get("host_id") if state else None
     actors: list[dict[str, Any]] = []
     health: dict[str, Any] | None = None
     if agent_up and isinstance(host_id, str):
-        actors, health = await _from_agent(config, host_id)
+        actors, health = await _from_agent(config, host_id, timeout)
     return {
         "agent": {
             "up": agent_up,

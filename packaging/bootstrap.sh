@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 mode=${1:-}
+started=$(date +%s)
+step() { echo "bootstrap: [$(($(date +%s) - started))s] $*" >&2; }
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -32,20 +34,22 @@ command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
 include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$include/Python.h" ] || missing="$missing python3-dev"
 if [ -n "$missing" ]; then
-    echo "bootstrap: installing system packages:$missing" >&2
+    step "installing system packages:$missing"
     apt_install $missing
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+[ -x .venv/bin/python ] || { step "creating .venv"; "$PYTHON" -m venv .venv; }
 # GCC 14 turns pywasm3's pointer casts into errors; the flag is harmless on older GCC.
 export CFLAGS="${CFLAGS:-} -Wno-error=incompatible-pointer-types"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+step "installing into .venv with pip (pywasm3 compiles from source: minutes on a Pi)"
 if [ "$mode" = "--test" ]; then
     .venv/bin/pip install -q -e '.[test]'
     # The oldest nats-server we support (Debian bookworm's) for the 2.9-style tests.
     old=.venv/nats-server-2.9
     if [ ! -x "$old/usr/sbin/nats-server" ] && command -v apt-get >/dev/null 2>&1; then
+        step "fetching Debian's nats-server for the old-server tests"
         tmp=$(mktemp -d)
         if (cd "$tmp" && apt-get download -qq nats-server 2>/dev/null) \
             || { [ -z "$apt_updated" ] && as_root apt-get update -qq && apt_updated=1 \
@@ -59,3 +63,4 @@ if [ "$mode" = "--test" ]; then
 else
     .venv/bin/pip install -q .
 fi
+step "done"

@@ -24,6 +24,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_agent_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents of this test run leave their running-agent pointers in a directory of the
+    run's own (agent.running.index_dir), so a command without --config never finds an
+    agent of another test run on the same machine."""
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("xdg-runtime"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def slow(request: pytest.FixtureRequest) -> bool:
     """Whether ``--slow`` was given: tests scale their volume with it."""

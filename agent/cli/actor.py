@@ -1,33 +1,44 @@
-"""``lattice-edge actor …``: inspect, sign and try out modules, and drive the actors of the
-local host through its lattice control interface."""
+"""``lattice-edge actor …``: read, check, sign and try out modules on this machine.
+
+The commands that drive the actors of the running host through the lattice (start,
+stop, list, invoke) are in :mod:`agent.cli.actor_lattice`, on the same group.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
-from agent.cli.common import config_option, load_or_none, public_keys_option
-from agent.config import Config, embedded_default
+from agent.cli.common import (
+    config_option,
+    decode_response,
+    echo_json,
+    json_option,
+    load_config_for,
+    public_keys_option,
+    read_payload,
+)
 from agent.identity.keys import KeyKind
 
-if TYPE_CHECKING:
-    from agent.lattice.client import LatticeClient
-
-# --- the group ------------------------------------------------------------------------------
+__all__ = ["actor", "payload_options", "read_module"]
 
 
 @click.group()
 def actor() -> None:
-    """Inspect, sign and call WebAssembly actors."""
+    """Check, sign, call, start, stop and list actors.
+
+    inspect, verify, sign and call work on module files here; start, stop, list and
+    invoke drive the running agent's actors through the lattice.
+    """
 
 
-def _read_module(path: Path) -> bytes:
+def read_module(path: Path) -> bytes:
+    """A module file's bytes (ModuleFormatError naming the file when it cannot be read)."""
     from agent.errors import ModuleFormatError
 
     try:
@@ -42,7 +53,7 @@ def _trust(
     """Admission's trust keywords (config plus flags) and the page budget."""
     from agent.boards import resolve_board
 
-    config = load_or_none(config_path) or embedded_default()
+    config = load_config_for(config_path)
     trust = {
         "trusted_issuers": tuple(dict.fromkeys([*config.trust.trusted_issuers, *extra])),
         "allow_unsigned": allow_unsigned or config.trust.allow_unsigned,
@@ -52,25 +63,45 @@ def _trust(
     return trust, resolve_board(config).budgets.actor_memory_pages
 
 
-trust_options = [
+def _options(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+trust_options = _options(
     config_option,
     click.option("--trust-issuer", "trust_issuers", multiple=True,
                  callback=public_keys_option(KeyKind.ACCOUNT),
                  help="Also trust this account key (adds to the config's trusted_issuers)."),
     click.option("--allow-unsigned", is_flag=True, help="Accept modules without claims."),
-]  # fmt: skip
+)  # fmt: skip
+
+payload_options = _options(
+    click.option("--payload-file", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, help="Read the payload from this file."),
+    click.option("--base64", "as_base64", is_flag=True, help="PAYLOAD is base64."),
+    click.option("--msgpack", is_flag=True,
+                 help="PAYLOAD is JSON, sent as msgpack; a msgpack reply is shown as JSON."),
+)  # fmt: skip
 
 
-def _with_trust_options(command: Any) -> Any:
-    for option in reversed(trust_options):
-        command = option(command)
-    return command
+def _inspect(
+    file: Path, config_path: Path | None, trust_issuers: list[str], allow_unsigned: bool
+) -> dict[str, Any]:
+    from agent.runtime.admission import inspect_report
+
+    trust, pages = _trust(config_path, trust_issuers, allow_unsigned)
+    return inspect_report(read_module(file), max_pages=pages, **trust)
 
 
 @actor.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_with_trust_options
+@json_option
+@trust_options
 def actor_inspect(
     file: Path,
     as_json: bool,
@@ -78,16 +109,73 @@ def actor_inspect(
     trust_issuers: list[str],
     allow_unsigned: bool,
 ) -> None:
-    """Show a module's claims, hash, imports, exports, memory and verdict."""
-    from agent.errors import ModuleError
-    from agent.report import format_inspect
-    from agent.runtime.admission import inspect_report
+    """Show a module's claims, hash, imports, memory and verdict.
 
-    trust, pages = _trust(config_path, trust_issuers, allow_unsigned)
-    report = inspect_report(_read_module(file), max_pages=pages, **trust)
-    click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
+    Exits 0 whatever the verdict, so it reads untrusted modules too ('wash claims
+    inspect' does the same); 'actor verify' is the check that fails.
+
+    \b
+    Examples:
+      lattice-edge actor inspect ./echo.wasm
+      lattice-edge actor inspect ./echo.wasm --json
+
+    \b
+    JSON keys: size, sha256, pinned, module_hash, hash_matches, claims, imports, exports,
+      memory, memory_admitted, custom_sections, unsupported_features, warnings, verdict
+    """
+    from agent.report import format_inspect
+
+    report = _inspect(file, config_path, trust_issuers, allow_unsigned)
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(format_inspect(report))
+
+
+@actor.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@trust_options
+def actor_verify(
+    file: Path,
+    as_json: bool,
+    config_path: Path | None,
+    trust_issuers: list[str],
+    allow_unsigned: bool,
+) -> None:
+    """Check that this host would run a module; exit 1 if not.
+
+    Applies the same admission as the agent (claims, issuer, hash, expiry, imports,
+    memory) with the config's trust settings.
+
+    \b
+    Examples:
+      lattice-edge actor verify ./echo.wasm
+      lattice-edge actor verify ./echo.wasm --trust-issuer ACCOUNT_KEY --json
+
+    \b
+    JSON keys: file, accepted, error, reason, actor
+    """
+    from agent.errors import ModuleError
+
+    report = _inspect(file, config_path, trust_issuers, allow_unsigned)
     verdict = report["verdict"]
+    claims = report.get("claims") or {}
+    if as_json:
+        echo_json(
+            {
+                "file": str(file),
+                "accepted": verdict["accepted"],
+                "error": verdict["error"],
+                "reason": verdict["reason"],
+                "actor": claims.get("subject"),
+            }
+        )
+    elif verdict["accepted"]:
+        click.echo(f"{file}: accepted ({claims.get('subject') or 'unsigned'})")
     if not verdict["accepted"]:
+        if as_json:
+            sys.exit(1)
         raise ModuleError(f"{file}: rejected: {verdict['reason']}")
 
 
@@ -125,6 +213,7 @@ def actor_inspect(
     default=None,
     help="Days until the claims expire.",
 )
+@json_option
 def actor_sign(
     file: Path,
     output: Path,
@@ -137,8 +226,23 @@ def actor_sign(
     call_alias: str | None,
     module_seed: Path | None,
     expires_days: int | None,
+    as_json: bool,
 ) -> None:
-    """Embed wascap claims signed by an issuer account; print the module's key."""
+    """Sign a module with an account key; print the module key.
+
+    The claims are what 'wash claims sign' writes; the host runs the result when the
+    account is trusted ('lattice-edge trust add').
+
+    \b
+    Examples:
+      lattice-edge actor sign echo.wasm -o signed.wasm --issuer-seed issuer.nk --name Echo
+      lattice-edge actor sign echo.wasm -o signed.wasm --issuer-seed issuer.nk --name Echo --json
+
+    \b
+    JSON keys: module_key, issuer, name, output, sha256
+    """
+    import hashlib
+
     from agent.fsutil import write_atomic
     from agent.identity.keys import load_seed_file
     from agent.identity.wascap import sign_module
@@ -146,10 +250,21 @@ def actor_sign(
     issuer = load_seed_file(issuer_seed, KeyKind.ACCOUNT)
     module_key = load_seed_file(module_seed, KeyKind.MODULE) if module_seed else None
     signed, claims = sign_module(
-        _read_module(file), issuer, name, caps=caps, tags=tags, rev=rev, ver=ver,
+        read_module(file), issuer, name, caps=caps, tags=tags, rev=rev, ver=ver,
         call_alias=call_alias, module_key=module_key, expires_in_days=expires_days,
     )  # fmt: skip
     write_atomic(output, signed)
+    if as_json:
+        echo_json(
+            {
+                "module_key": claims.subject,
+                "issuer": claims.issuer,
+                "name": name,
+                "output": str(output),
+                "sha256": hashlib.sha256(signed).hexdigest(),
+            }
+        )
+        return
     click.echo(claims.subject)
 
 
@@ -157,161 +272,82 @@ def actor_sign(
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("operation")
 @click.argument("payload", required=False, default="")
-@_with_trust_options
+@payload_options
+@trust_options
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.01),
     default=None,
     help="Invocation deadline in seconds (default: the profile's).",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the response (base64), host calls and log lines as JSON.",
-)
+@json_option
 def actor_call(
     file: Path,
     operation: str,
     payload: str,
+    payload_file: Path | None,
+    as_base64: bool,
+    msgpack: bool,
     config_path: Path | None,
     trust_issuers: list[str],
     allow_unsigned: bool,
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Load FILE in a sandbox and invoke OPERATION once with PAYLOAD ('-' reads stdin)."""
+    """Run one operation of a module file in a sandbox here.
+
+    Loads FILE (after the same admission as the agent) and invokes OPERATION once with
+    PAYLOAD ('-' reads stdin); the response goes to stdout as it is, the actor's log
+    lines to stderr. No agent is needed.
+
+    \b
+    Examples:
+      lattice-edge actor call ./echo.wasm Echo hello
+      lattice-edge actor call ./echo.wasm Echo hello --json
+
+    \b
+    JSON keys: actor, operation, response, response_base64, host_calls, console
+    """
     import base64
 
     from agent.boards import resolve_board
     from agent.runtime.oneshot import call_module
 
-    config = load_or_none(config_path) or embedded_default()
+    config = load_config_for(config_path)
     trust, _ = _trust(config_path, trust_issuers, allow_unsigned)
-    body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
+    body = read_payload(payload, payload_file, as_base64, msgpack)
     outcome = asyncio.run(
         call_module(
-            _read_module(file), operation, body, budgets=resolve_board(config).budgets,
+            read_module(file), operation, body, budgets=resolve_board(config).budgets,
             timeout=timeout, **trust,
         )
     )  # fmt: skip
     result = outcome.result
     if as_json:
-        report = {
-            "actor": outcome.module.actor_id,
-            "operation": operation,
-            "response_base64": base64.b64encode(result.response).decode(),
-            "host_calls": [
-                {"binding": c.binding, "namespace": c.namespace, "operation": c.operation,
-                 "payload_base64": base64.b64encode(c.payload).decode(), "error": c.error}
-                for c in result.host_calls
-            ],
-            "console": list(result.console),
-        }  # fmt: skip
-        click.echo(json.dumps(report, indent=2))
+        echo_json(
+            {
+                "actor": outcome.module.actor_id,
+                "operation": operation,
+                "response": decode_response(result.response, msgpack),
+                "response_base64": base64.b64encode(result.response).decode(),
+                "host_calls": [
+                    {"binding": c.binding, "namespace": c.namespace, "operation": c.operation,
+                     "payload_base64": base64.b64encode(c.payload).decode(), "error": c.error}
+                    for c in result.host_calls
+                ],
+                "console": list(result.console),
+            }
+        )  # fmt: skip
         return
     for line in result.console:
         click.echo(f"[actor] {line}", err=True)
-    sys.stdout.buffer.write(result.response)
-    sys.stdout.buffer.flush()
+    write_response(result.response, msgpack)
 
 
-@actor.command("start")
-@click.argument("actor_ref")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True)
-@config_option
-def actor_start(actor_ref: str, count: int, config_path: Path | None) -> None:
-    """Start an actor on the local host through the lattice; print its key.
-
-    ACTOR_REF is a module file (a path, relative or absolute, or file:///path), which is
-    uploaded to the host's own object store first, or a reference the host fetches itself:
-    nats-os://BUCKET/OBJECT[?domain=D] or sha256:DIGEST (a module in its cache).
-    """
-    config, host_id = _local_host(config_path)
-
-    async def start(client: LatticeClient) -> dict[str, Any]:
-        if actor_ref.startswith(("nats-os://", "sha256:")):
-            reference = actor_ref
-        else:
-            # The agent reads no file a caller names outside its roots; the CLI reads it
-            # with the user's own rights and hands the agent the bytes.
-            path = Path(actor_ref.removeprefix("file://"))
-            reference = await client.upload_module(_read_module(path))
-        return await client.start_actor(host_id, reference, count)
-
-    started = _on_lattice(config, start)
-    click.echo(started["public_key"])
-
-
-@actor.command("stop")
-@click.argument("actor_key")
-@config_option
-def actor_stop(actor_key: str, config_path: Path | None) -> None:
-    """Stop every instance of an actor on the local host."""
-    config, host_id = _local_host(config_path)
-    _on_lattice(config, lambda client: client.stop_actor(host_id, actor_key))
-    click.echo(f"stopped {actor_key}", err=True)
-
-
-@actor.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the host inventory as JSON.")
-@config_option
-def actor_list(as_json: bool, config_path: Path | None) -> None:
-    """List the actors the local host runs (its lattice inventory)."""
-    config, host_id = _local_host(config_path)
-    inventory = _on_lattice(config, lambda client: client.inventory(host_id))
-    if as_json:
-        click.echo(json.dumps(inventory, indent=2))
+def write_response(response: bytes, msgpack: bool) -> None:
+    """A response on stdout: the bytes as they are, or msgpack shown as JSON."""
+    if msgpack:
+        echo_json(decode_response(response, msgpack=True))
         return
-    for entry in inventory.get("actors", []):
-        instances = entry.get("instances", [])
-        click.echo(
-            f"{entry['id']}  {entry.get('name', '')}  x{len(instances)}  {entry['image_ref']}"
-        )
-
-
-@actor.command("invoke")
-@click.argument("actor_key")
-@click.argument("operation")
-@click.argument("payload", required=False, default="")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True)
-@config_option
-def actor_invoke(
-    actor_key: str, operation: str, payload: str, timeout: float, config_path: Path | None
-) -> None:
-    """Invoke a running actor over the lattice (signed with this host's cluster key)."""
-    from agent.identity.host import load_host_keys
-
-    config, host_id = _local_host(config_path)
-    cluster_key = load_host_keys(config.keys_dir).cluster
-    body = sys.stdin.buffer.read() if payload == "-" else payload.encode()
-    reply = _on_lattice(
-        config,
-        lambda client: client.invoke(
-            actor_key, operation, body, cluster_key=cluster_key, host_id=host_id, timeout=timeout
-        ),
-    )
-    sys.stdout.buffer.write(reply.response)
+    sys.stdout.buffer.write(response)
     sys.stdout.buffer.flush()
-
-
-T = TypeVar("T")
-
-
-def _on_lattice(config: Config, work: Callable[[LatticeClient], Awaitable[T]]) -> T:
-    """Run ``work`` with a lattice client on the local host's leaf node."""
-    from agent.lattice.client import connect_local
-
-    async def go() -> T:
-        async with connect_local(config) as client:
-            return await work(client)
-
-    return asyncio.run(go())
-
-
-def _local_host(config_path: Path | None) -> tuple[Config, str]:
-    """The config of the host on this device and its id."""
-    from agent.identity.host import load_host_keys
-
-    config = load_or_none(config_path) or embedded_default()
-    return config, load_host_keys(config.keys_dir).host_id

@@ -247,7 +247,7 @@ def verify_claims(
             return None
         raise UnsignedModuleError(
             "the module is not signed (no wasmcloud_jwt or jwt section) and unsigned actors "
-            "are not allowed; sign it with 'wash claims sign' using a trusted account key"
+            "are not allowed; sign it with 'lattice-edge actor sign' using a trusted account key"
         )
     decoded = jwt.decode(claims.token)  # cannot fail: claims_from_token decoded it
     alg = str(decoded.header.get("alg", ""))
@@ -276,7 +276,10 @@ def verify_claims(
     warnings: list[str] = []
     if claims.issuer not in trusted_issuers:
         if not pinned:
-            raise UntrustedIssuerError(f"issuer {claims.issuer} is not in trusted_issuers")
+            raise UntrustedIssuerError(
+                f"issuer {claims.issuer} is not in trusted_issuers; trust it with "
+                f"'lattice-edge trust add {claims.issuer}'"
+            )
         warnings.append(
             f"issuer {claims.issuer} is not trusted; admitted because the module's digest is pinned"
         )

@@ -31,6 +31,15 @@ __all__ = ["CallReply", "LatticeClient", "connect", "connect_local"]
 
 DEFAULT_TIMEOUT_S = 5.0
 
+# What the control opcodes ask for, in the words of our commands (for refusals).
+_COMMAND_WORDS = {
+    "la": "start the actor",
+    "sa": "stop the actor",
+    "scale": "scale the actor",
+    "upd": "update the actor",
+    "stop": "stop",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class CallReply:
@@ -48,6 +57,7 @@ async def connect(
     creds: str | None = None,
     seed: str | None = None,
     inbox_prefix: str | None = None,
+    connect_timeout: float = 3.0,
 ) -> AsyncIterator[LatticeClient]:
     """Connect to a NATS server (a host's local port, or the cloud) for lattice control.
 
@@ -56,25 +66,7 @@ async def connect(
     ``inbox_prefix`` replaces ``_INBOX`` for replies, for credentials that may subscribe
     only to their own inbox (a fleet's bootstrap and device users).
     """
-    import nats
-    import nats.errors
-
-    async def quiet(_exc: Exception) -> None:
-        # nats-py's default callback prints a traceback; the failure reaches us anyway.
-        return None
-
-    options: dict[str, Any] = {}
-    if seed is not None:
-        options["nkeys_seed_str"] = seed
-    if inbox_prefix is not None:
-        options["inbox_prefix"] = inbox_prefix
-    try:
-        client = await nats.connect(
-            servers=[url], user_credentials=creds, connect_timeout=3, max_reconnect_attempts=2,
-            allow_reconnect=False, error_cb=quiet, **options,
-        )  # fmt: skip
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise AgentStateError(f"cannot reach the lattice at {url}: {exc}") from exc
+    client = await _open(url, creds, seed, inbox_prefix, connect_timeout)
     try:
         yield LatticeClient(client, lattice)
     finally:
@@ -82,18 +74,87 @@ async def connect(
             await client.close()
 
 
-def connect_local(config: Config) -> contextlib.AbstractAsyncContextManager[LatticeClient]:
-    """Connect to this device's own leaf as the agent user (the seed in the data dir)."""
+class _Unreachable(AgentStateError):
+    """Nothing answered at ``url``; ``reason`` says how it failed."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach the lattice at {url}: {reason}")
+
+
+async def _open(
+    url: str,
+    creds: str | None,
+    seed: str | None,
+    inbox_prefix: str | None,
+    connect_timeout: float,
+) -> Any:
+    import nats
+    import nats.errors
+
+    seen: list[Exception] = []
+
+    async def quiet(exc: Exception) -> None:
+        # nats-py's default callback prints a traceback; we report the last error once.
+        seen.append(exc)
+
+    options: dict[str, Any] = {}
+    if seed is not None:
+        options["nkeys_seed_str"] = seed
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
+    try:
+        # One attempt, no back-off: nothing listening is a refusal in milliseconds, where
+        # nats-py's defaults (2 s between attempts) made a stopped agent cost 4 s.
+        return await nats.connect(
+            servers=[url], user_credentials=creds, connect_timeout=connect_timeout,
+            max_reconnect_attempts=1, reconnect_time_wait=0.05, allow_reconnect=False,
+            error_cb=quiet, **options,
+        )  # fmt: skip
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise _Unreachable(url, _describe(seen[-1] if seen else exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """A connection failure in a few words (not nats-py's "no servers available")."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).removeprefix("nats: ").strip()
+    if "authorization violation" in text.lower():
+        return "the leaf refused the agent user (authorization violation)"
+    return text or type(exc).__name__
+
+
+@contextlib.asynccontextmanager
+async def connect_local(
+    config: Config, *, connect_timeout: float = 3.0
+) -> AsyncIterator[LatticeClient]:
+    """Connect to this device's own leaf as the agent user (the seed in the data dir).
+
+    When nothing answers, the error is one line with the next step: is ``lattice-edge
+    run`` running, and with the config this command used?
+    """
     from agent.identity.local import load_agent_user
     from agent.leaf.access import agent_inbox_prefix
 
     seed = load_agent_user(config.host.data_dir).seed
-    return connect(
-        f"nats://{config.leaf.listen}",
-        lattice=config.host.lattice,
-        seed=seed,
-        inbox_prefix=agent_inbox_prefix("cli"),
-    )
+    url = f"nats://{config.leaf.listen}"
+    try:
+        client = await _open(url, None, seed, agent_inbox_prefix("cli"), connect_timeout)
+    except _Unreachable as exc:
+        which = f"config {config.source}" if config.source else "the embedded default config"
+        raise AgentStateError(
+            f"cannot reach the agent at {url} ({exc.reason}); is 'lattice-edge run' running "
+            f"with {which}?"
+        ) from exc
+    try:
+        yield LatticeClient(client, config.host.lattice)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
 
 
 class LatticeClient:
@@ -103,22 +164,33 @@ class LatticeClient:
         self.nats = nats_client
         self.lattice = lattice
 
-    async def request(self, subject: str, body: dict[str, Any] | None = None, *,
-                      timeout: float = DEFAULT_TIMEOUT_S) -> Any:  # fmt: skip
-        """One JSON request/reply."""
+    async def request(
+        self,
+        subject: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        what: str | None = None,
+    ) -> Any:
+        """One JSON request/reply; ``what`` names the request in errors (else the subject)."""
         import nats.errors
 
+        asked = what or subject
         payload = json.dumps(body or {}).encode()
         try:
             reply = await self.nats.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
-            raise AgentStateError(f"no host answers on {subject}; is the agent running?") from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise AgentStateError(f"no answer on {subject}: {exc or 'timed out'}") from exc
+            raise AgentStateError(f"no host answers {asked}; is the agent running?") from None
+        except TimeoutError:
+            raise AgentStateError(
+                f"no answer to {asked} within {timeout:g} s (--timeout sets how long to wait)"
+            ) from None
+        except nats.errors.Error as exc:
+            raise AgentStateError(f"no answer to {asked}: {exc}") from exc
         try:
             return json.loads(reply.data)
         except ValueError as exc:
-            raise AgentStateError(f"the reply on {subject} is not JSON") from exc
+            raise AgentStateError(f"the reply to {asked} is not JSON") from exc
 
     async def ping(self, *, wait: float = 1.0) -> list[dict[str, Any]]:
         """Every host that answers ``ping.hosts`` within ``wait`` seconds."""
@@ -164,17 +236,31 @@ class LatticeClient:
             raise AgentStateError(f"cannot upload the module: {exc or 'timed out'}") from exc
         return f"nats-os://{MODULE_BUCKET}/{digest}"
 
-    async def inventory(self, host_id: str) -> dict[str, Any]:
+    async def inventory(
+        self, host_id: str, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> dict[str, Any]:
         """A host's inventory."""
-        reply: dict[str, Any] = await self.request(subjects.get_inventory(self.lattice, host_id))
+        reply: dict[str, Any] = await self.request(
+            subjects.get_inventory(self.lattice, host_id), timeout=timeout, what="the inventory"
+        )
         return reply
 
-    async def command(self, host_id: str, op: str, body: dict[str, Any]) -> None:
-        """Send ``cmd.{host}.{op}``; raise when it is not accepted."""
-        ack = await self.request(subjects.command(self.lattice, host_id, op), body)
+    async def command(
+        self, host_id: str, op: str, body: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Send ``cmd.{host}.{op}``; raise when it is not accepted.
+
+        The error speaks of what was asked ("the host refused to start …"), never of the
+        wire opcode: operators know our commands, not ``la``.
+        """
+        what = _COMMAND_WORDS.get(op, f"carry out '{op}'")
+        ack = await self.request(
+            subjects.command(self.lattice, host_id, op), body, timeout=timeout,
+            what=f"the request to {what}",
+        )  # fmt: skip
         if not isinstance(ack, dict) or not ack.get("accepted"):
             error = ack.get("error") if isinstance(ack, dict) else ack
-            raise LatticeEdgeError(f"{op} refused: {error}")
+            raise LatticeEdgeError(f"the host refused to {what}: {error}")
 
     @contextlib.asynccontextmanager
     async def events(self, *types: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
@@ -209,7 +295,10 @@ class LatticeClient:
                 break
             if match(event):
                 return event
-        raise AgentStateError(f"no matching lattice event within {timeout:g} s")
+        raise AgentStateError(
+            f"the host did not report the outcome within {timeout:g} s (raise --timeout to wait "
+            "longer; 'lattice-edge actor list' shows what runs)"
+        )
 
     async def start_actor(
         self, host_id: str, actor_ref: str, count: int = 1, *, timeout: float = 60.0
@@ -217,8 +306,9 @@ class LatticeClient:
         """Start an actor and wait for its ``actor_started`` (or failure) event."""
         async with self.events("actor_started", "actor_start_failed") as queue:
             await self.command(
-                host_id, "la", {"actor_ref": actor_ref, "host_id": host_id, "count": count}
-            )
+                host_id, "la", {"actor_ref": actor_ref, "host_id": host_id, "count": count},
+                timeout=min(timeout, DEFAULT_TIMEOUT_S),
+            )  # fmt: skip
             event = await self.wait_for(
                 queue,
                 lambda e: e.get("source") == host_id
@@ -231,17 +321,36 @@ class LatticeClient:
         data: dict[str, Any] = event["data"]
         return data
 
-    async def stop_actor(self, host_id: str, actor_id: str, *, timeout: float = 30.0) -> None:
-        """Scale an actor to zero on a host and wait until it has stopped."""
+    async def stop_actor(self, host_id: str, actor_id: str, *, timeout: float = 30.0) -> int:
+        """Stop every instance of an actor on a host; return how many were running.
+
+        Sends ``sa`` ("stop actor"), which the host refuses at once when it does not run
+        the actor, then waits for the ``actor_stopped`` event.
+        """
+        inventory = await self.inventory(host_id, timeout=min(timeout, DEFAULT_TIMEOUT_S))
+        running = next(
+            (
+                a
+                for a in inventory.get("actors", [])
+                if isinstance(a, dict) and a.get("id") == actor_id
+            ),
+            None,
+        )
+        instances = len(running.get("instances", [])) if running else 0
         async with self.events("actor_stopped") as queue:
             await self.command(
-                host_id, "scale", {"actor_id": actor_id, "actor_ref": actor_id, "count": 0}
-            )
-            await self.wait_for(
-                queue,
-                lambda e: e.get("source") == host_id and e["data"].get("public_key") == actor_id,
-                timeout,
-            )
+                host_id, "sa", {"actor_ref": actor_id, "host_id": host_id, "count": 0},
+                timeout=min(timeout, DEFAULT_TIMEOUT_S),
+            )  # fmt: skip
+            if instances:  # else the host only dropped a failed restore: no event comes
+                await self.wait_for(
+                    queue,
+                    lambda e: (
+                        e.get("source") == host_id and e["data"].get("public_key") == actor_id
+                    ),
+                    timeout,
+                )
+        return instances
 
     async def invoke(
         self,

@@ -82,9 +82,14 @@ class RpcServer:
         self._subscriptions: dict[str, Subscription] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-    def set_cluster_issuers(self, cluster_issuers: Collection[str]) -> None:
-        """Accept invocations signed by these keys from now on (after an enrollment)."""
-        self._issuers = tuple(cluster_issuers)
+    @property
+    def cluster_issuers(self) -> tuple[str, ...]:
+        """Keys whose invocations are accepted; a config reload replaces them."""
+        return self._issuers
+
+    @cluster_issuers.setter
+    def cluster_issuers(self, keys: Collection[str]) -> None:
+        self._issuers = tuple(keys)
 
     def serving(self) -> list[str]:
         """Actors with an RPC subscription."""

@@ -264,3 +264,12 @@ def agent_health(host_id: str) -> str:
     errors) or answer in the agent's place.
     """
     return f"lattice-edge.host.{_token(host_id, 'host id')}.health"
+
+
+def agent_reload(host_id: str) -> str:
+    """``lattice-edge.host.{host}.reload``: reload the agent's config (``lattice-edge reload``).
+
+    Under ``lattice-edge.``, so only the agent user (the CLI of an operator who can read
+    its seed) can ask; the reply reports what changed.
+    """
+    return f"lattice-edge.host.{_token(host_id, 'host id')}.reload"

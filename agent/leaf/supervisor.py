@@ -14,6 +14,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import json
 import logging
 import os
 import random
@@ -280,7 +281,38 @@ class LeafSupervisor:
             status, _ = await get_json(self.monitor, "/healthz", timeout=1.0)
         except MonitorError:
             return False
-        return status == 200
+        return status == 200 and await self._client_port_is_ours(varz)
+
+    async def _client_port_is_ours(self, varz: dict[str, object]) -> bool:
+        """Whether the client listener answers with our server's INFO.
+
+        nats-server serves monitoring (and a healthy ``/healthz``) before it binds the
+        client port, so a taken port would pass for ready and the server would exit a
+        moment later: we call it ready only once our own INFO comes back on that port.
+        """
+        host, port = varz.get("host"), varz.get("port")
+        if not isinstance(host, str) or not isinstance(port, int):
+            return True  # no client listener advertised: nothing more to check
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection(host, port, limit=2**16)
+                line = await reader.readline()
+        except (OSError, TimeoutError, ValueError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        if not line.startswith(b"INFO "):
+            return False
+        try:
+            info = json.loads(line[5:])
+        except ValueError:
+            return False
+        return isinstance(info, dict) and info.get("server_name") == self.server_name
 
     async def _pump_output(self, stream: asyncio.StreamReader) -> None:
         while True:

@@ -70,4 +70,4 @@ def test_actor_commands_without_an_agent(tmp_path: Path, ports: dict[str, int]) 
             "--listen", f"127.0.0.1:{ports['client']}")  # fmt: skip
     result = run_cli("actor", "list", "--config", str(config))
     assert result.returncode == 1
-    assert "cannot reach the lattice" in result.stderr and "Traceback" not in result.stderr
+    assert "cannot reach the agent" in result.stderr and "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ def test_profiles_list_show_detect() -> None:
     listed = run_cli("profiles", "list")
     assert listed.returncode == 0
     assert [line.split()[0] for line in listed.stdout.splitlines()][:2] == ["cm4", "generic-arm64"]
-    shown = json.loads(run_cli("profiles", "show", "pi-zero-2w").stdout)
+    shown = json.loads(run_cli("profiles", "show", "pi-zero-2w", "--json").stdout)
     assert shown["budgets"]["sandbox_workers"] == 1
     assert run_cli("profiles", "detect").stdout.split(":")[0] in listed.stdout
     missing = run_cli("profiles", "show", "pi9")
