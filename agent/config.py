@@ -24,6 +24,7 @@ __all__ = [
     "CONFIG_ENV",
     "ActorSettings",
     "Config",
+    "ForwardSettings",
     "HostPort",
     "HostSettings",
     "LeafSettings",
@@ -137,6 +138,20 @@ class ActorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """Store-and-forward (``[forward]``): what the outbox captures and where it goes.
+
+    ``enabled`` defaults to on when an upstream is configured (and the leaf runs JetStream);
+    the host's telemetry is always captured, ``subjects`` adds application subjects.
+    """
+
+    enabled: bool = False
+    subjects: tuple[str, ...] = ()
+    window: int = 256  # messages in flight to the hub at once
+    upstream_prefix: str = "lattice-edge.uplink"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is None for the embedded default."""
 
@@ -149,6 +164,7 @@ class Config:
     actors: ActorSettings = ActorSettings((), False, ())
     log_format: str = "text"
     source: Path | None = None
+    forward: ForwardSettings = ForwardSettings()
 
     @property
     def keys_dir(self) -> Path:
@@ -529,6 +545,8 @@ def parse_config(
     if log_format not in LOG_FORMATS:
         raise lg.error("format", f"must be one of {', '.join(LOG_FORMATS)}")
 
+    forward = _forward_settings(raw.get("forward"), source, overrides, upstream, leaf)
+
     return Config(
         host=host,
         leaf=leaf,
@@ -539,6 +557,43 @@ def parse_config(
         actors=actors,
         log_format=log_format,
         source=source,
+        forward=forward,
+    )
+
+
+def _forward_settings(
+    table: object,
+    source: Path | None,
+    overrides: Mapping[str, tuple[str, str]] | None,
+    upstream: UpstreamSettings | None,
+    leaf: LeafSettings,
+) -> ForwardSettings:
+    """The ``[forward]`` table (see ``docs/store-and-forward.md``)."""
+    from agent.forward.subjects import check_forward_subject, check_upstream_prefix
+
+    f = _Reader(table, "forward", source, overrides)
+    f.reject_unknown({"enabled", "subjects", "window", "upstream_prefix"})
+    default = ForwardSettings()
+
+    def window(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise ValueError(f"must be an integer from 1 to 4096, got {value!r}")
+        return value
+
+    prefix = f.get("upstream_prefix", default.upstream_prefix,
+                   lambda v: check_upstream_prefix(_string(v)))  # fmt: skip
+    subjects = f.get(
+        "subjects", default.subjects,
+        lambda v: tuple(check_forward_subject(s, prefix) for s in _string_list(v)),
+    )  # fmt: skip
+    enabled = f.get("enabled", upstream is not None and leaf.jetstream, _bool)
+    if enabled and not leaf.jetstream:
+        raise f.error("enabled", "store-and-forward needs the leaf's JetStream (leaf.jetstream)")
+    return ForwardSettings(
+        enabled=enabled,
+        subjects=subjects,
+        window=f.get("window", default.window, window),
+        upstream_prefix=prefix,
     )
 
 
@@ -576,7 +631,7 @@ def _local_users(
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG"}
-_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log")
+_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log", "forward")
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:

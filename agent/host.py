@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.background import Background
@@ -33,6 +33,7 @@ from agent.capabilities.base import Capabilities
 from agent.config import Config, LocalUserSettings
 from agent.datadir import DataDirLock
 from agent.errors import LatticeEdgeError, LeafConfigError, StateError
+from agent.forward.link import UplinkWatch
 from agent.fsutil import ensure_dir, write_atomic
 from agent.identity.host import HostKeys, ensure_host_keys, load_host_keys
 from agent.identity.jwt import read_creds
@@ -53,6 +54,9 @@ from agent.resources import device_resources
 from agent.runtime.sandbox import Sandbox
 from agent.state import DesiredState, StateKeeper, StateStore
 from agent.systemd import Notifier
+
+if TYPE_CHECKING:
+    from agent.forward.forwarder import Forwarder
 
 __all__ = ["STATE_FILE", "Host", "HostInfo", "HostState", "prepare_host", "run_host"]
 
@@ -194,6 +198,10 @@ class Host:
             pid_file=run_dir / LEAF_PID,
             env={**os.environ, "GOMEMLIMIT": f"{board.budgets.gomemlimit_mb}MiB"},
         )
+        self.uplink = UplinkWatch()  # the leaf's uplink, from its own log lines
+        self.leaf.line_hooks.append(self.uplink.feed)
+        self.forwarder: Forwarder | None = None
+        self.reconnect_hooks: list[Callable[[], None]] = []  # the leaf connection is back
         self.nats: Any = None  # nats.aio.client.Client once connected
         self.registry: ActorRegistry | None = None
         self.control: ControlServer | None = None
@@ -251,6 +259,7 @@ class Host:
             sync_interval=self.config.leaf.sync_interval,
             upstream=self.config.upstream,
             access=self.access,
+            deny_imports=self.config.forward.subjects if self.config.forward.enabled else (),
         )
         rendered = render(plan, self.server.version)
         # 0600: it names the local users' passwords.
@@ -299,6 +308,7 @@ class Host:
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
                 await self._start_lattice(registry)
+                await self._start_forwarding()
                 assert self.background is not None
                 self.background.spawn(self._keep_state_saved(), what="state file retry")
                 info = self.info()
@@ -314,6 +324,8 @@ class Host:
                 self.notifier.stopping()
                 logger.info("shutting down")
                 await self._stop_lattice()
+                if self.forwarder is not None:
+                    await self.forwarder.stop()
                 await self._drain()
         finally:
             if watchdog is not None:
@@ -336,6 +348,8 @@ class Host:
 
         async def on_reconnect() -> None:
             logger.info("reconnected to the local leaf node")
+            for hook in self.reconnect_hooks:
+                hook()
 
         agent_user: KeyPair = load_agent_user(self.config.host.data_dir)
         try:
@@ -449,6 +463,21 @@ class Host:
         await self.rpc.sync()
         await self.control.start(board.budgets.heartbeat_interval_s)
         await self.nats.subscribe(subjects.agent_health(self.keys.host_id), cb=self._answer_health)
+
+    async def _start_forwarding(self) -> None:
+        """Store-and-forward (``[forward]``): the outbox on the leaf and the forwarder."""
+        if not self.config.forward.enabled:
+            return
+        from agent.forward.forwarder import forwarder_for
+
+        assert self.background is not None and self.control is not None
+        self.forwarder = forwarder_for(
+            self.config, self.board.budgets, self.keys.host_id, self.nats,
+            watch=self.uplink, background=self.background, emit=self.control.emit,
+        )  # fmt: skip
+        self.reconnect_hooks.append(self.forwarder.local_reconnected)
+        self.health_sections["forward"] = self.forwarder.health
+        await self.forwarder.start()
 
     async def _answer_health(self, msg: Any) -> None:
         if msg.reply:

@@ -41,6 +41,9 @@ class LeafPlan:
     sync_interval: str | None = None
     upstream: UpstreamSettings | None = None
     access: LocalAccess | None = None  # None: the local listener takes anyone (tests only)
+    # subjects the leaf must not take from the hub: what store-and-forward captures, so a
+    # device's outbox never fills with what others publish (see docs/store-and-forward.md)
+    deny_imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,10 @@ def render(plan: LeafPlan, version: Version) -> RenderedConfig:
                 warnings.append(_unsupported("leaf.sync_interval", version))
         conf["jetstream"] = jetstream
     if plan.upstream is not None:
-        conf["leafnodes"] = {"remotes": [_remote(plan.upstream, modern, version, warnings)]}
+        remote = _remote(plan.upstream, modern, version, warnings)
+        if plan.deny_imports:
+            remote["deny_imports"] = list(plan.deny_imports)
+        conf["leafnodes"] = {"remotes": [remote]}
     return RenderedConfig(text=to_conf(conf), warnings=tuple(warnings))
 
 

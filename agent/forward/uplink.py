@@ -1,0 +1,140 @@
+"""The cloud side of store-and-forward: the hub stream every device forwards into.
+
+One stream in the fleet's account captures ``lattice-edge.uplink.>``; each device publishes
+only under ``lattice-edge.uplink.{its host key}.>`` (the fleet's device role allows nothing
+else). Its **duplicate window** is what makes forwarding exactly-once: a device resends
+what it had in flight when its link or its agent died, with the same ``Nats-Msg-Id``, as
+soon as it can — seconds later after a crash, but only when the link returns after an
+outage. Size the window to the longest outage during which you want no duplicate (the
+default: one hour); the hub keeps about 200 bytes per message sent within the window.
+
+:func:`ensure_uplink_stream` creates the stream or brings an existing one's subjects and
+duplicate window to the spec; :func:`nats_cli_command` prints the equivalent
+``nats stream add`` line for users who manage streams with the ``nats`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import ForwardError
+from agent.forward.subjects import DEFAULT_UPSTREAM_PREFIX
+
+__all__ = ["UPLINK_STREAM", "UplinkStreamSpec", "ensure_uplink_stream", "nats_cli_command"]
+
+UPLINK_STREAM = "LATTICE_EDGE_UPLINK"
+DEFAULT_DUPLICATE_WINDOW_S = 3600.0
+_NS = 1_000_000_000
+_STREAM_NOT_FOUND = 10059
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStreamSpec:
+    """The hub stream: name, captured prefix, duplicate window and retention limits."""
+
+    name: str = UPLINK_STREAM
+    prefix: str = DEFAULT_UPSTREAM_PREFIX
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
+    max_age_s: float = 0.0  # 0: keep until max_bytes makes room
+    max_bytes: int = -1
+    replicas: int = 1
+
+    @property
+    def subjects(self) -> list[str]:
+        """What the stream captures."""
+        return [f"{self.prefix}.>"]
+
+    def config(self) -> dict[str, Any]:
+        """The JetStream stream configuration."""
+        return {
+            "name": self.name,
+            "description": "Lattice Edge uplink: messages forwarded by devices",
+            "subjects": self.subjects,
+            "retention": "limits",
+            "storage": "file",
+            "discard": "old",
+            "max_msgs": -1,
+            "max_bytes": self.max_bytes,
+            "max_age": int(self.max_age_s * _NS),
+            "max_consumers": -1,
+            "duplicate_window": int(self.duplicate_window_s * _NS),
+            "num_replicas": self.replicas,
+        }
+
+
+def nats_cli_command(spec: UplinkStreamSpec) -> str:
+    """The ``nats stream add`` line that creates the same stream."""
+    args = [
+        "nats", "stream", "add", spec.name,
+        "--subjects", spec.subjects[0],
+        "--storage", "file", "--retention", "limits", "--discard", "old",
+        "--dupe-window", _duration(spec.duplicate_window_s),
+        "--max-age", _duration(spec.max_age_s) if spec.max_age_s else "0",
+        "--max-bytes", str(spec.max_bytes),
+        "--replicas", str(spec.replicas),
+        "--defaults",
+    ]  # fmt: skip
+    return shlex.join(args)
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole and whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    if whole and whole % 60 == 0:
+        return f"{whole // 60}m"
+    return f"{seconds:g}s"
+
+
+async def ensure_uplink_stream(
+    nats_client: Any, spec: UplinkStreamSpec, *, domain: str | None = None
+) -> dict[str, Any]:
+    """Create the hub stream, or update its subjects, duplicate window and limits.
+
+    ``nats_client`` is connected to the hub with the fleet account's credentials;
+    ``domain`` names the hub's JetStream domain when the API must be reached through one.
+    Returns the stream's info as the server reports it. Raises :class:`ForwardError`.
+    """
+    api = f"$JS.{domain}.API" if domain else "$JS.API"
+
+    async def call(subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import nats.errors
+
+        payload = json.dumps(body).encode() if body is not None else b""
+        try:
+            reply = await nats_client.request(f"{api}.{subject}", payload, timeout=10)
+        except nats.errors.NoRespondersError:
+            raise ForwardError(f"no JetStream answers on {api} (is it enabled?)") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise ForwardError(f"{api}.{subject}: {exc or 'timeout'}") from exc
+        try:
+            answer = json.loads(reply.data)
+        except ValueError as exc:
+            raise ForwardError(f"{api}.{subject} did not answer JSON") from exc
+        return answer if isinstance(answer, dict) else {}
+
+    wanted = spec.config()
+    info = await call(f"STREAM.INFO.{spec.name}")
+    error = info.get("error")
+    if isinstance(error, dict) and error.get("err_code") == _STREAM_NOT_FOUND:
+        result = await call(f"STREAM.CREATE.{spec.name}", wanted)
+    elif error is not None:
+        raise ForwardError(f"cannot read stream {spec.name}: {_describe(error)}")
+    else:
+        found = info.get("config")
+        current: dict[str, Any] = found if isinstance(found, dict) else {}
+        keys = ("subjects", "duplicate_window", "max_age", "max_bytes", "num_replicas")
+        merged = {**current, **{key: wanted[key] for key in keys}}
+        result = await call(f"STREAM.UPDATE.{spec.name}", merged) if merged != current else info
+    if result.get("error") is not None:
+        raise ForwardError(f"cannot create stream {spec.name}: {_describe(result['error'])}")
+    return result
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, dict):
+        return str(error.get("description", error))
+    return str(error)
