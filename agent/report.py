@@ -36,6 +36,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"state    : NOT SAVED, serving from memory ({health.get('state_error')})")
     for failed in health.get("restore_failed", []):
         lines.append(f"actor    : {failed['actor_ref']} not restored: {failed['error']}")
+    lines += _outbox_lines(report.get("forward"))
     temperature = device["temperature_c"]
     load = " ".join(f"{x:.2f}" for x in device["load_average"])
     lines += [
@@ -46,6 +47,43 @@ def format_status(report: dict[str, Any]) -> str:
         f"temp     : {f'{temperature:.1f} °C' if temperature is not None else 'n/a'}",
     ]
     return "\n".join(lines)
+
+
+def _outbox_lines(forward: dict[str, Any] | None) -> list[str]:
+    """Store-and-forward: what waits, what was lost, and whether it is moving."""
+    if not forward:
+        return []
+    state = forward.get("state", "?")
+    if forward.get("reason"):
+        state += f": {forward['reason']}"
+    oldest = forward.get("oldest_age_s")
+    last = forward.get("last_forwarded_age_s")
+    return [
+        f"outbox   : {forward.get('waiting_messages') or 0:,} waiting "
+        f"({_size(forward.get('waiting_bytes') or 0)}), oldest "
+        f"{_age(oldest) if oldest is not None else '-'}; {state}",
+        f"           forwarded {forward.get('forwarded', 0):,}, dropped "
+        f"{forward.get('dropped', 0):,}, refused {forward.get('refused', 0):,}; last forwarded "
+        + (f"{_age(last)} ago" if last is not None else "never"),
+    ]
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def _age(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s" if whole else f"{seconds:.1f}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def format_inspect(report: dict[str, Any]) -> str:

@@ -113,6 +113,7 @@ async def gather_status(config: Config, profile_name: str) -> dict[str, Any]:
         },
         "actors": actors,
         "health": health,
+        "forward": health.get("forward") if health else None,
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

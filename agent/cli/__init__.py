@@ -27,6 +27,7 @@ from agent.cli.common import (
     public_keys_option,
     setup_logging,
 )
+from agent.cli.uplink import uplink
 from agent.config import config_target, default_data_dir, embedded_default
 from agent.errors import ConfigError, LatticeEdgeError
 from agent.identity.keys import KeyKind, generate, write_seed_file
@@ -292,6 +293,7 @@ def demo() -> None:
 
 
 cli.add_command(actor)
+cli.add_command(uplink)
 
 
 # --- entry point -----------------------------------------------------------------------

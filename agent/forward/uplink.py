@@ -23,7 +23,13 @@ from typing import Any
 from agent.errors import ForwardError
 from agent.forward.subjects import DEFAULT_UPSTREAM_PREFIX
 
-__all__ = ["UPLINK_STREAM", "UplinkStreamSpec", "ensure_uplink_stream", "nats_cli_command"]
+__all__ = [
+    "UPLINK_STREAM",
+    "UplinkStreamSpec",
+    "ensure_uplink_stream",
+    "nats_cli_command",
+    "parse_duration",
+]
 
 UPLINK_STREAM = "LATTICE_EDGE_UPLINK"
 DEFAULT_DUPLICATE_WINDOW_S = 3600.0
@@ -78,6 +84,23 @@ def nats_cli_command(spec: UplinkStreamSpec) -> str:
         "--defaults",
     ]  # fmt: skip
     return shlex.join(args)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``7d`` or plain seconds, as seconds; ValueError otherwise."""
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a duration (like 90s, 30m, 1h, 7d)") from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"'{text}' is not a duration (like 90s, 30m, 1h, 7d)")
+    return seconds
 
 
 def _duration(seconds: float) -> str:
