@@ -79,7 +79,8 @@ def uplink_init(
         click.echo(nats_cli_command(spec))
         return
     info = asyncio.run(_init(hub_url, creds, spec, js_domain))
-    state = info.get("state") if isinstance(info.get("state"), dict) else {}
+    found = info.get("state")
+    state: dict[str, Any] = found if isinstance(found, dict) else {}
     click.echo(
         f"stream {spec.name} captures {spec.subjects[0]}; duplicate window "
         f"{duplicate_window:g} s; holds {state.get('messages', 0)} messages"
