@@ -274,8 +274,11 @@ async def health_of(client: Any, host_id: str) -> dict[str, Any]:
     return result
 
 
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Await ``check()`` (a coroutine function) until it returns something truthy."""
+async def eventually(
+    check: Callable[[], Any], timeout: float, what: str, show: Callable[[], Any] | None = None
+) -> Any:
+    """Await ``check()`` (a coroutine function) until it returns something truthy; on
+    timeout the error includes ``show()``, what was seen."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -283,5 +286,6 @@ async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            seen = f"; saw {show()!r}" if show is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
         await asyncio.sleep(0.1)

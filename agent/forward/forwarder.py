@@ -224,9 +224,20 @@ class Forwarder:
             delay = RETRY_MIN_S if link_up.is_set() else min(delay * 2, RETRY_MAX_S)
 
     async def _session(self) -> None:
-        floor = await self.outbox.reset_consumer(self._window)
-        if floor > self.ledger.accounted:
-            self.ledger.accounted = floor  # the counts on disk lag: the outbox knows better
+        ledger = self.ledger
+        if self._sessions == 0:
+            # What the last run acked after it last saved its counts: forwarded. (Drops are
+            # always saved before a consumer that starts past them exists; see below.)
+            floor = await self.outbox.consumer_floor()
+            if floor is not None and floor > ledger.accounted:
+                ledger.forwarded += floor - ledger.accounted
+                ledger.accounted = floor
+        state = await self.outbox.state()
+        self._snapshot = state
+        self._count_drops(ledger.settle_stream(state.first_seq, None))
+        await self._save(force=True)
+        start = await self.outbox.reset_consumer(self._window)
+        self._count_drops(ledger.settle_stream(start + 1, None))
         self._sessions += 1
         pipeline = Pipeline(
             self._nats,
@@ -271,18 +282,18 @@ class Forwarder:
         self.reason = why
         self._activity.set()
 
-    def _forwarded(self, seq: int) -> None:
-        lost = self.ledger.settle_forwarded(seq)
-        self._forwarded_here += 1
-        self._last_forwarded_at = time.time()
-        self._activity.set()
+    def _count_drops(self, lost: int) -> None:
         if lost:
             self._dropped(lost, "budget")
 
+    def _forwarded(self, seq: int) -> None:
+        self._count_drops(self.ledger.settle_forwarded(seq))
+        self._forwarded_here += 1
+        self._last_forwarded_at = time.time()
+        self._activity.set()
+
     def _refused(self, seq: int, why: str) -> None:
-        lost = self.ledger.settle_refused(seq)
-        if lost:
-            self._dropped(lost, "budget")
+        self._count_drops(self.ledger.settle_refused(seq))
         logger.error(
             "store-and-forward: the hub refuses outbox message %d for good (%s); skipped it",
             seq,
@@ -325,9 +336,7 @@ class Forwarder:
             else:
                 self._snapshot = state
                 held = self._pipeline.lowest_held if self._pipeline is not None else None
-                lost = self.ledger.settle_stream(state.first_seq, held)
-                if lost:
-                    self._dropped(lost, "budget")
+                self._count_drops(self.ledger.settle_stream(state.first_seq, held))
             await self._save(force=self._save_soon)
             refreshed = time.monotonic()
             busy = self.state is not ForwardState.FORWARDING or bool(

@@ -146,22 +146,24 @@ class Outbox:
             first_time=parse_time(state.get("first_ts")) if messages else None,
         )
 
-    async def reset_consumer(self, window: int) -> int:
-        """Replace the forwarder's consumer with a fresh one; return the old one's ack
-        floor (the last stream sequence it had acked in order), 0 when there was none."""
-        name = self.plan.name
-        floor = 0
-        answer = await self._api(f"CONSUMER.INFO.{name}.{CONSUMER}")
+    async def consumer_floor(self) -> int | None:
+        """The forwarder's consumer's ack floor (the last stream sequence it acked in
+        order, or where it started), None when there is no such consumer."""
+        answer = await self._api(f"CONSUMER.INFO.{self.plan.name}.{CONSUMER}")
         error = answer.get("error")
+        if isinstance(error, dict) and error.get("err_code") == _CONSUMER_NOT_FOUND:
+            return None
+        _check(answer, "read the forwarder's consumer")
+        return _floor(answer)
+
+    async def reset_consumer(self, window: int) -> int:
+        """Replace the forwarder's consumer with a fresh one that delivers everything the
+        outbox holds; return the sequence it starts after (the stream's first - 1)."""
+        name = self.plan.name
+        deleted = await self._api(f"CONSUMER.DELETE.{name}.{CONSUMER}")
+        error = deleted.get("error")
         if not (isinstance(error, dict) and error.get("err_code") == _CONSUMER_NOT_FOUND):
-            _check(answer, "read the forwarder's consumer")
-            ack_floor = answer.get("ack_floor")
-            if isinstance(ack_floor, dict):
-                floor = _count(ack_floor.get("stream_seq"))
-            deleted = await self._api(f"CONSUMER.DELETE.{name}.{CONSUMER}")
-            error = deleted.get("error")
-            if not (isinstance(error, dict) and error.get("err_code") == _CONSUMER_NOT_FOUND):
-                _check(deleted, "delete the forwarder's old consumer")
+            _check(deleted, "delete the forwarder's old consumer")
         config = {
             "durable_name": CONSUMER,
             "name": CONSUMER,
@@ -177,7 +179,7 @@ class Outbox:
             f"CONSUMER.CREATE.{name}.{CONSUMER}", {"stream_name": name, "config": config}
         )
         _check(created, "create the forwarder's consumer")
-        return floor
+        return _floor(created)
 
     @staticmethod
     def pull_request(batch: int, max_bytes: int, expires_s: float) -> bytes:
@@ -191,6 +193,11 @@ def _check(answer: dict[str, Any], doing: str) -> None:
     if error is not None:
         description = error.get("description") if isinstance(error, dict) else error
         raise ForwardError(f"cannot {doing}: {description}")
+
+
+def _floor(info: dict[str, Any]) -> int:
+    ack_floor = info.get("ack_floor")
+    return _count(ack_floor.get("stream_seq")) if isinstance(ack_floor, dict) else 0
 
 
 def _count(value: object) -> int:
