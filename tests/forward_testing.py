@@ -17,6 +17,7 @@ import nats
 from lattice_testing import Hub, free_port
 
 from agent.forward.uplink import UPLINK_STREAM, UplinkStreamSpec, ensure_uplink_stream
+from agent.identity.host import ensure_host_keys
 
 
 class CuttableLink:
@@ -120,6 +121,7 @@ def device_config(
         f"[forward]\n{forward}\n"
         f"[budgets]\nheartbeat_interval_s = 0.5\n{budgets}\n{extra}"
     )
+    ensure_host_keys(root / "data" / "keys")  # what `lattice-edge init` does
     return path
 
 

@@ -103,13 +103,13 @@ class Forwarder:
         self._last_forwarded_at: float | None = None
         self._forwarded_here = 0  # since this process started
         self._sessions = 0
-        self._saved = self.ledger.to_json()
+        self._saved: dict[str, Any] = {}
         self._last_save = 0.0
         self._task: asyncio.Task[None] | None = None
         self._limiter = RateLimiter()
         self._activity = asyncio.Event()
         self._save_soon = False
-        self._fresh = True  # no counts on disk from an earlier run (set by _load)
+        self._clean = False  # the counts on disk are exact: the last run stopped cleanly
         watch.listeners.append(self._link_changed)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Forwarder:
                 await self._task
             self._task = None
         self.state = ForwardState.STOPPED
-        await self._save(force=True)
+        await self._save(force=True, clean=True)
 
     def local_reconnected(self) -> None:
         """The host's connection to its leaf came back: the session's consumer is stale."""
@@ -155,21 +155,22 @@ class Forwarder:
         try:
             text = await asyncio.to_thread(self._state_path.read_text, encoding="utf-8")
         except FileNotFoundError:
-            self._fresh = True
-            return
+            text = ""
         except (OSError, UnicodeDecodeError) as exc:
             logger.warning("cannot read %s (%s); counting from zero", self._state_path, exc)
-            self._fresh = True
-            return
+            text = ""
         try:
-            data = json.loads(text)
+            data = json.loads(text) if text else None
         except ValueError:
             data = None
         self.ledger = Ledger.from_json(data)
-        if isinstance(data, dict) and isinstance(data.get("last_forwarded_at"), int | float):
-            self._last_forwarded_at = float(data["last_forwarded_at"])
-        self._saved = self.ledger.to_json()
-        self._fresh = False
+        if isinstance(data, dict):
+            if isinstance(data.get("last_forwarded_at"), int | float):
+                self._last_forwarded_at = float(data["last_forwarded_at"])
+            self._clean = data.get("clean") is True
+        # From now on the file is not exact until stop() says so.
+        self._saved = {}
+        await self._save(force=True)
 
     async def _ensure_outbox(self) -> None:
         delay = 1.0
@@ -184,9 +185,15 @@ class Forwarder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            if self._fresh:
-                # No counts from an earlier run: what is gone was forwarded, as far as we know.
-                self.ledger.accounted = max(self.ledger.accounted, state.first_seq - 1)
+            if not self._clean:
+                # The last run died (or there was none): it acked messages after it last
+                # saved its counts, and the outbox cannot say which of the missing ones
+                # those were. Count them as forwarded; a drop in its last seconds, before
+                # it could be counted and saved, goes uncounted.
+                gone = state.first_seq - 1 - self.ledger.accounted
+                if gone > 0:
+                    self.ledger.accounted += gone
+                    self.ledger.forwarded += gone
             self._snapshot = state
             self.state = ForwardState.PAUSED
             self.reason = "starting"
@@ -225,13 +232,6 @@ class Forwarder:
 
     async def _session(self) -> None:
         ledger = self.ledger
-        if self._sessions == 0:
-            # What the last run acked after it last saved its counts: forwarded. (Drops are
-            # always saved before a consumer that starts past them exists; see below.)
-            floor = await self.outbox.consumer_floor()
-            if floor is not None and floor > ledger.accounted:
-                ledger.forwarded += floor - ledger.accounted
-                ledger.accounted = floor
         state = await self.outbox.state()
         self._snapshot = state
         self._count_drops(ledger.settle_stream(state.first_seq, None))
@@ -351,8 +351,8 @@ class Forwarder:
                     await self._activity.wait()
             await asyncio.sleep(max(0.0, refreshed + STATS_BUSY_S - time.monotonic()))
 
-    async def _save(self, *, force: bool = False) -> None:
-        current = self.ledger.to_json()
+    async def _save(self, *, force: bool = False, clean: bool = False) -> None:
+        current: dict[str, Any] = {**self.ledger.to_json(), "clean": clean}
         now = time.monotonic()
         if current == self._saved or (not force and now - self._last_save < SAVE_EVERY_S):
             return

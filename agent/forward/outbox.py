@@ -146,16 +146,6 @@ class Outbox:
             first_time=parse_time(state.get("first_ts")) if messages else None,
         )
 
-    async def consumer_floor(self) -> int | None:
-        """The forwarder's consumer's ack floor (the last stream sequence it acked in
-        order, or where it started), None when there is no such consumer."""
-        answer = await self._api(f"CONSUMER.INFO.{self.plan.name}.{CONSUMER}")
-        error = answer.get("error")
-        if isinstance(error, dict) and error.get("err_code") == _CONSUMER_NOT_FOUND:
-            return None
-        _check(answer, "read the forwarder's consumer")
-        return _floor(answer)
-
     async def reset_consumer(self, window: int) -> int:
         """Replace the forwarder's consumer with a fresh one that delivers everything the
         outbox holds; return the sequence it starts after (the stream's first - 1)."""
