@@ -110,6 +110,7 @@ def device_config(
     extra: str = "",
     forward: str = "subjects = ['sensors.>']",
     budgets: str = "",
+    leaf: str = "",
 ) -> Path:
     """Write a device config under ``root``; return its path (data in ``root/data``)."""
     path = root / "agent.toml"
@@ -117,6 +118,7 @@ def device_config(
     path.write_text(
         f"[host]\ndata_dir = '{root / 'data'}'\nprofile = 'generic-x86_64'\nname = 'edge-fwd'\n"
         f"[leaf]\nlisten = '127.0.0.1:{free_port()}'\nmonitor = '127.0.0.1:{free_port()}'\n"
+        f"{leaf}\n"
         f"[upstream]\nurls = ['{upstream_url}']\ncredentials = '{creds}'\n"
         f"[forward]\n{forward}\n"
         f"[budgets]\nheartbeat_interval_s = 0.5\n{budgets}\n{extra}"

@@ -221,10 +221,11 @@ class Pipeline:
     async def _on_delivery(self, msg: Any) -> None:
         """A message (or a status) from the forwarder's consumer: forward it at once.
 
-        Each pull request has its own reply subject (``….m.<n>``), so a status that ends
-        an earlier request (``409 Batch Completed`` follows the last message of a request
-        with bytes to spare, on 2.10+) cannot end the one open now. Messages arrive in
-        stream order on the one subscription whichever request they answer.
+        Only one pull request is open at a time, so every message answers the open one
+        (messages carry their own subject; statuses carry the request's reply subject,
+        ``….m.<n>``). A status for an earlier request — ``409 Batch Completed`` follows
+        the last message of a request that had bytes to spare, on 2.10+ — therefore
+        cannot end the one open now. One subscription keeps everything in stream order.
         """
         if self._end is not None:
             return
@@ -242,7 +243,7 @@ class Pipeline:
             elif current:
                 self._request_done()  # no more messages, expired, or the batch is complete
             return
-        if current:
+        if self._request_open:
             self._request_left -= 1
             if self._request_left <= 0:
                 self._request_done()

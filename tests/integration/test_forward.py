@@ -25,6 +25,7 @@ from forward_testing import (
     wait_hub_count,
 )
 from lattice_testing import Hub, run_cli
+from test_old_nats_server import old_nats_server  # noqa: F401  (a fixture)
 
 from agent.config import Config, load_config
 from agent.forward.forwarder import FORWARD_STATE_FILE, Forwarder
@@ -267,4 +268,32 @@ async def test_without_a_hub_stream_it_waits_says_why_and_resumes_after_uplink_i
         assert "LATTICE_EDGE_UPLINK captures lattice-edge.uplink.>" in init.stdout
         await wait_hub_count(hub, 3, 40)
         assert [index_of(m.data) for m in await hub_messages(hub)] == [0, 1, 2]
+        await anon.close()
+
+
+async def test_forwarding_through_a_2_9_leaf(
+    tmp_path: Path,
+    hub: Hub,
+    old_nats_server: Path,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """Debian bookworm's nats-server 2.9.10 (the only armhf build) as the device's leaf:
+    its JetStream API and v1 ack subjects carry the same guarantees."""
+    await create_uplink(hub)
+    config = config_for(tmp_path, hub, leaf=f"nats_server = '{old_nats_server}'")
+    async with run_host(config) as host:
+        assert host.server.version[:2] == (2, 9)
+        anon = await connect_device(host.client_url)
+        for index in range(50):
+            await anon.publish("sensors.old", payload(index))
+        await anon.flush()
+        await wait_hub_count(hub, 50, 20)
+        hub.stop()
+        for index in range(50, 100):
+            await anon.publish("sensors.old", payload(index))
+        await anon.flush()
+        hub.start()
+        await wait_hub_count(hub, 100, 30)
+        messages = await hub_messages(hub)
+        assert [index_of(m.data) for m in messages] == list(range(100))
+        assert host.health()["forward"]["dropped"] == 0
         await anon.close()
