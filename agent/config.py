@@ -117,6 +117,8 @@ class UpstreamSettings:
     tls_cert_file: Path | None
     tls_key_file: Path | None
     tls_handshake_first: bool
+    # how soon the leaf retries a lost uplink (nats-server 2.11+ only; older ones: 1 s)
+    reconnect_interval_s: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +495,7 @@ def parse_config(
         u = _Reader(raw.get("upstream"), "upstream", source, overrides)
         u.reject_unknown(
             {"urls", "credentials", "tls_ca_file", "tls_cert_file", "tls_key_file",
-             "tls_handshake_first"}
+             "tls_handshake_first", "reconnect_interval_s"}
         )  # fmt: skip
         no_urls: tuple[str, ...] = ()
         urls = u.get("urls", no_urls, lambda v: tuple(_url(x) for x in _string_list(v)))
@@ -506,6 +508,7 @@ def parse_config(
             tls_cert_file=u.get("tls_cert_file", None, optional_path),
             tls_key_file=u.get("tls_key_file", None, optional_path),
             tls_handshake_first=u.get("tls_handshake_first", False, _bool),
+            reconnect_interval_s=u.get("reconnect_interval_s", 0.25, _positive),
         )
         if (upstream.tls_cert_file is None) != (upstream.tls_key_file is None):
             raise u.error("tls_key_file", "tls_cert_file and tls_key_file go together")

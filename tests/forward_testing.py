@@ -111,6 +111,7 @@ def device_config(
     forward: str = "subjects = ['sensors.>']",
     budgets: str = "",
     leaf: str = "",
+    heartbeat_s: float = 0.5,
 ) -> Path:
     """Write a device config under ``root``; return its path (data in ``root/data``)."""
     path = root / "agent.toml"
@@ -121,7 +122,7 @@ def device_config(
         f"{leaf}\n"
         f"[upstream]\nurls = ['{upstream_url}']\ncredentials = '{creds}'\n"
         f"[forward]\n{forward}\n"
-        f"[budgets]\nheartbeat_interval_s = 0.5\n{budgets}\n{extra}"
+        f"[budgets]\nheartbeat_interval_s = {heartbeat_s}\n{budgets}\n{extra}"
     )
     ensure_host_keys(root / "data" / "keys")  # what `lattice-edge init` does
     return path

@@ -21,6 +21,7 @@ __all__ = ["LeafPlan", "RenderedConfig", "render", "to_conf"]
 
 Version = tuple[int, int, int]
 _V2_10: Version = (2, 10, 0)
+_V2_11: Version = (2, 11, 0)  # leafnodes.reconnect takes a duration (before: whole seconds)
 
 ConfValue = str | int | bool | Sequence["ConfValue"] | Mapping[str, "ConfValue"]
 
@@ -87,7 +88,12 @@ def render(plan: LeafPlan, version: Version) -> RenderedConfig:
         remote = _remote(plan.upstream, modern, version, warnings)
         if plan.deny_imports:
             remote["deny_imports"] = list(plan.deny_imports)
-        conf["leafnodes"] = {"remotes": [remote]}
+        leafnodes: dict[str, ConfValue] = {"remotes": [remote]}
+        if version >= _V2_11:
+            # Retry a lost uplink quickly (the server adds up to as much again in jitter):
+            # forwarding resumes when the link does. Older servers retry every second.
+            leafnodes["reconnect"] = f"{int(plan.upstream.reconnect_interval_s * 1000)}ms"
+        conf["leafnodes"] = leafnodes
     return RenderedConfig(text=to_conf(conf), warnings=tuple(warnings))
 
 

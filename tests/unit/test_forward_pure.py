@@ -380,3 +380,16 @@ def test_uplink_stream_spec_and_its_cli_line() -> None:
     assert "--dupe-window 1h" in line and "--defaults" in line
     custom = nats_cli_command(UplinkStreamSpec(duplicate_window_s=90, max_age_s=7 * 86400))
     assert "--dupe-window 90s" in custom and "--max-age 168h" in custom
+
+
+def test_the_leaf_retries_its_uplink_quickly_where_the_server_allows() -> None:
+    upstream = UpstreamSettings(("tls://connect.ngs.global",), None, None, None, None, False)
+    plan = LeafPlan(
+        server_name="edge", listen=HostPort("127.0.0.1", 4222),
+        monitor=HostPort("127.0.0.1", 8222), max_payload=1 << 20, jetstream=True,
+        jetstream_domain="edge_x", store_dir=Path("/tmp/js"), jetstream_max_memory_mb=8,
+        jetstream_max_file_mb=64, upstream=upstream,
+    )  # fmt: skip
+    assert 'reconnect: "250ms"' in render(plan, (2, 15, 1)).text
+    assert "reconnect" not in render(plan, (2, 10, 9)).text  # whole seconds only before 2.11
+    assert "reconnect" not in render(plan, (2, 9, 10)).text
