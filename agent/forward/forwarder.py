@@ -333,6 +333,8 @@ class Forwarder:
                 state = await self.outbox.state()
             except ForwardError as exc:
                 logger.debug("store-and-forward: reading the outbox: %s", exc)
+            except Exception as exc:  # a bug: reported, and the counting goes on
+                self._background.report(exc, "forwarder statistics")
             else:
                 self._snapshot = state
                 held = self._pipeline.lowest_held if self._pipeline is not None else None

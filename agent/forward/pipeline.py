@@ -148,14 +148,23 @@ class Pipeline:
 
     async def run(self) -> None:
         """Forward until something ends the session; always raises :class:`SessionEnded`."""
+        import nats.errors
+
         subscriptions = []
         try:
-            subscriptions.append(await self._nats.subscribe(f"{self._ack_base}.*", cb=self._on_ack))
-            subscriptions.append(
-                await self._nats.subscribe(
-                    f"{self._deliver}.*", cb=self._on_delivery, pending_msgs_limit=self._window + 64
+            try:
+                subscriptions.append(
+                    await self._nats.subscribe(f"{self._ack_base}.*", cb=self._on_ack)
                 )
-            )
+                subscriptions.append(
+                    await self._nats.subscribe(
+                        f"{self._deliver}.*",
+                        cb=self._on_delivery,
+                        pending_msgs_limit=self._window + 64,
+                    )  # fmt: skip
+                )
+            except (nats.errors.Error, OSError) as exc:
+                raise self._fail(EndKind.OUTBOX, f"subscribing: {exc}") from exc
             self._wake.set()
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -335,4 +344,10 @@ class Pipeline:
         self._inflight_bytes -= head.size
         self._last_progress = time.monotonic()
         self._wake.set()
-        await self._nats.publish(head.ack_subject, b"")
+        import nats.errors
+
+        try:
+            await self._nats.publish(head.ack_subject, b"")
+        except (nats.errors.Error, OSError) as exc:
+            # Not acked: the outbox delivers it again next session and the hub drops it.
+            raise self._fail(EndKind.OUTBOX, f"acking in the outbox: {exc}") from exc

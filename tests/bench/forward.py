@@ -1,12 +1,12 @@
 """Store-and-forward: catch-up after an outage against native stream sourcing, forwarding
 rate against a bare publisher, idle upstream bytes per day, and the memory it costs.
 
-    .venv/bin/python tests/bench/forward.py [--outage 60] [--messages 10000] [--idle 180]
+    .venv/bin/python tests/bench/forward.py [--outages 60,30,10] [--messages 10000] [--idle 180]
 
 A hub in operator mode (the NGS stand-in) and a real device agent whose uplink runs through
 a TCP proxy in this script, which can cut it while both servers keep running.
 
-1. **Catch-up.** With the link cut for ``--outage`` seconds, ``--messages`` 200-byte
+1. **Catch-up.** With the link cut for each of ``--outages`` seconds, ``--messages`` 200-byte
    messages are published on the device into the outbox and, in the same outage, into a
    plain leaf stream that a hub stream *sources* natively through ``$JS.<leaf domain>.API``
    (the baseline). The link comes back; the figure is the time from then to the last
@@ -157,49 +157,61 @@ async def catch_up(args: argparse.Namespace, device: Device, hub: ProxiedHub) ->
     producer = await nats.connect(device.url)
     try:
         await native_streams(device, cloud)
-        for index in range(10):  # both paths set up and flowing before the cut
+        for index in range(10):  # both paths set up and flowing before the first cut
             await producer.publish("bench.fwd.warm", payload(index))
             await producer.publish("bench.native.warm", payload(index))
         await producer.flush()
         for stream in (UPLINK_STREAM, "BENCH_NATIVE_IN"):
             if await until_count(js, stream, 10, 60) is None:
                 raise SystemExit(f"{stream} did not fill before the outage")
-        await device.link.cut()
-        cut_at = time.monotonic()
-        for index in range(args.messages):
-            await producer.publish("bench.fwd.data", payload(index, args.size))
-            await producer.publish("bench.native.data", payload(index, args.size))
-            if index % 1000 == 999:
-                await producer.flush()
-        await producer.flush()
-        await asyncio.sleep(max(0.0, args.outage - (time.monotonic() - cut_at)))
-        target = 10 + args.messages
-        await device.link.restore()
-        restored = time.monotonic()
-        leafz = device.settings.leaf.monitor.port
-        reconnected = await asyncio.to_thread(
-            wait_until, lambda: (http_json(leafz, "/leafz") or {}).get("leafnodes"), 60, "link",
-            0.01,
-        )  # fmt: skip
-        reconnect_s = time.monotonic() - restored if reconnected else None
-        ours = await until_count(js, UPLINK_STREAM, target, 120)
-        ours_total = time.monotonic() - restored if ours is not None else None
-        native_left = args.native_timeout - (time.monotonic() - restored)
-        native = await until_count(js, "BENCH_NATIVE_IN", target, max(1.0, native_left))
-        native_s = time.monotonic() - restored if native is not None else None
-        emit(
-            "catch_up_after_outage",
-            outage_s=args.outage, messages=args.messages, size_b=args.size,
-            leaf_reconnect_s=_r(reconnect_s),
-            forwarder_s=_r(ours_total), native_sourcing_s=_r(native_s),
-            ratio_native_to_forwarder=(
-                round(native_s / ours_total, 1) if native_s and ours_total else None
-            ),
-            goal_s=2.0, goal_ratio=20,
-        )  # fmt: skip
+        held = 10
+        for outage in args.outages:
+            held += args.messages
+            await one_outage(args, outage, held, device, producer, js)
     finally:
         await producer.close()
         await cloud.close()
+
+
+async def one_outage(
+    args: argparse.Namespace, outage: float, target: int, device: Device, producer: Any,
+    js: Any,
+) -> None:  # fmt: skip
+    """Cut the link for ``outage`` s with ``args.messages`` queued on both paths; time the
+    catch-up of each from the moment the link is restored (polled together every 20 ms)."""
+    await device.link.cut()
+    cut_at = time.monotonic()
+    for index in range(args.messages):
+        await producer.publish("bench.fwd.data", payload(index, args.size))
+        await producer.publish("bench.native.data", payload(index, args.size))
+        if index % 1000 == 999:
+            await producer.flush()
+    await producer.flush()
+    await asyncio.sleep(max(0.0, outage - (time.monotonic() - cut_at)))
+    await device.link.restore()
+    restored = time.monotonic()
+    leafz = device.settings.leaf.monitor.port
+    done: dict[str, float | None] = {"leaf": None, "forwarder": None, "native": None}
+    while time.monotonic() - restored < args.native_timeout:
+        now = time.monotonic() - restored
+        if done["leaf"] is None and (http_json(leafz, "/leafz") or {}).get("leafnodes"):
+            done["leaf"] = now
+        if done["forwarder"] is None and await count(js, UPLINK_STREAM) >= target:
+            done["forwarder"] = time.monotonic() - restored
+        if done["native"] is None and await count(js, "BENCH_NATIVE_IN") >= target:
+            done["native"] = time.monotonic() - restored
+        if all(value is not None for value in done.values()):
+            break
+        await asyncio.sleep(0.02)
+    ours, native = done["forwarder"], done["native"]
+    emit(
+        "catch_up_after_outage",
+        outage_s=outage, messages=args.messages, size_b=args.size,
+        leaf_reconnect_s=_r(done["leaf"]), forwarder_s=_r(ours), native_sourcing_s=_r(native),
+        native_timeout_s=args.native_timeout if native is None else None,
+        ratio_native_to_forwarder=round(native / ours, 1) if native and ours else None,
+        goal_s=2.0, goal_ratio=20,
+    )  # fmt: skip
 
 
 def _r(value: float | None) -> float | None:
@@ -320,12 +332,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     hub.start()
     try:
         await create_uplink(hub)
-        if args.outage > 0 or args.messages:
+        if args.outages or args.messages:
             device = Device(workdir / "device", hub, forward=True, heartbeat=30.0,
                             port=proxy_port)  # fmt: skip
             await device.start()
             try:
-                if args.outage > 0:
+                if args.outages:
                     await catch_up(args, device, hub)
                 await rate(args, device, hub)
             finally:
@@ -338,7 +350,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--outage", type=float, default=60.0, help="seconds the link is cut")
+    parser.add_argument(
+        "--outages", type=lambda text: [float(x) for x in text.split(",") if x],
+        default=[60.0, 30.0, 10.0], help="seconds the link is cut, one run each (60,30,10)",
+    )  # fmt: skip
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--size", type=int, default=200, help="bytes per message")
     parser.add_argument("--native-timeout", type=float, default=180.0)
