@@ -5,6 +5,7 @@ Kept apart from the click layer so they can be tested and reused without it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 __all__ = ["format_inspect", "format_status"]
@@ -57,7 +58,8 @@ def _outbox_lines(forward: dict[str, Any] | None) -> list[str]:
     if forward.get("reason"):
         state += f": {forward['reason']}"
     oldest = forward.get("oldest_age_s")
-    last = forward.get("last_forwarded_age_s")
+    at = forward.get("last_forwarded_at")
+    last = max(0.0, time.time() - at) if isinstance(at, int | float) else None
     return [
         f"outbox   : {forward.get('waiting_messages') or 0:,} waiting "
         f"({_size(forward.get('waiting_bytes') or 0)}), oldest "

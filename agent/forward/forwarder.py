@@ -197,12 +197,13 @@ class Forwarder:
             self._snapshot = state
             self.state = ForwardState.PAUSED
             self.reason = "starting"
+            plan = self.plan
             logger.info(
-                "store-and-forward: outbox %s holds %d messages; forwarding to %s",
-                self.plan.name,
-                state.messages,
-                upstream_filter(self._prefix, self._host_id),
-            )
+                "store-and-forward: outbox %s (%s; %d bytes, %g h) holds %d messages; "
+                "forwarding to %s, %d in flight",
+                plan.name, ", ".join(plan.subjects), plan.max_bytes, plan.max_age_s / 3600,
+                state.messages, upstream_filter(self._prefix, self._host_id), self._window,
+            )  # fmt: skip
             return
 
     # --- forwarding ----------------------------------------------------------------------
@@ -374,32 +375,27 @@ class Forwarder:
     # --- reporting -----------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """The ``forward`` section of the agent's health (heartbeat and ``status``)."""
+        """The ``forward`` section of the agent's health (heartbeat and ``status``).
+
+        Kept to what changes: it rides every heartbeat over the uplink (the static part —
+        subjects, budgets, window — is in the config and the log).
+        """
         snapshot = self._snapshot
-        now = time.time()
         oldest = snapshot.first_time if snapshot is not None else None
-        last = self._last_forwarded_at
         return {
             "state": self.state.value,
             "reason": self.reason,
-            "stream": self.plan.name,
-            "subjects": list(self.plan.subjects),
-            "upstream": upstream_filter(self._prefix, self._host_id),
-            "uplink_connected": self._watch.connected,
             "waiting_messages": snapshot.messages if snapshot else None,
             "waiting_bytes": snapshot.bytes if snapshot else None,
-            "oldest_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else None,
+            "oldest_age_s": round(max(0.0, time.time() - oldest), 1) if oldest else None,
             "in_flight": len(self._pipeline.inflight) if self._pipeline else 0,
             "forwarded": self.ledger.forwarded,
             "dropped": self.ledger.dropped,
             "refused": self.ledger.refused,
-            "last_forwarded_at": last,
-            "last_forwarded_age_s": round(max(0.0, now - last), 3) if last else None,
-            "budget_bytes": self.plan.budget_bytes,
-            "capacity_bytes": self.plan.max_bytes,
-            "max_age_s": self.plan.max_age_s,
-            "window": self._window,
-            "sessions": self._sessions,
+            "last_forwarded_at": round(self._last_forwarded_at, 3)
+            if self._last_forwarded_at
+            else None,
+            "uplink_connected": self._watch.connected,
         }
 
 

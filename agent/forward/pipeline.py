@@ -156,13 +156,12 @@ class Pipeline:
                 subscriptions.append(
                     await self._nats.subscribe(f"{self._ack_base}.*", cb=self._on_ack)
                 )
-                subscriptions.append(
-                    await self._nats.subscribe(
-                        f"{self._deliver}.*",
-                        cb=self._on_delivery,
-                        pending_msgs_limit=self._window + 64,
-                    )  # fmt: skip
+                deliveries = await self._nats.subscribe(
+                    f"{self._deliver}.*",
+                    cb=self._on_delivery,
+                    pending_msgs_limit=self._window + 64,
                 )
+                subscriptions.append(deliveries)
             except (nats.errors.Error, OSError) as exc:
                 raise self._fail(EndKind.OUTBOX, f"subscribing: {exc}") from exc
             self._wake.set()
