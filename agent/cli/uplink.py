@@ -19,7 +19,9 @@ from agent.forward.uplink import (
 __all__ = ["uplink"]
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
     try:
         return parse_duration(value)
     except ValueError as exc:
@@ -48,11 +50,12 @@ def uplink() -> None:
     callback=_duration,
     help="How long a resent message is recognised: the longest outage with no duplicates.",
 )
-@click.option("--max-age", default="0", show_default=True, callback=_duration,
-              help="Drop messages older than this (0: never).")  # fmt: skip
-@click.option("--max-bytes", type=int, default=-1, show_default=True,
-              help="Size limit of the stream (-1: none); the oldest make room.")  # fmt: skip
-@click.option("--replicas", type=click.IntRange(1, 5), default=1, show_default=True)
+@click.option("--max-age", default=None, callback=_duration,
+              help="Drop messages older than this (new stream: 0, never).")  # fmt: skip
+@click.option("--max-bytes", type=int, default=None,
+              help="Size limit; the oldest make room (new stream: -1, none).")  # fmt: skip
+@click.option("--replicas", type=click.IntRange(1, 5), default=None,
+              help="Replicas in a clustered hub (new stream: 1).")  # fmt: skip
 @click.option("--js-domain", default=None, help="The hub's JetStream domain, if it needs one.")
 @click.option("--print-command", is_flag=True,
               help="Only print the equivalent `nats stream add` line.")  # fmt: skip
@@ -61,9 +64,9 @@ def uplink_init(
     creds: Path | None,
     stream: str,
     duplicate_window: float,
-    max_age: float,
-    max_bytes: int,
-    replicas: int,
+    max_age: float | None,
+    max_bytes: int | None,
+    replicas: int | None,
     js_domain: str | None,
     print_command: bool,
 ) -> None:

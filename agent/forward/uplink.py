@@ -8,9 +8,9 @@ soon as it can — seconds later after a crash, but only when the link returns a
 outage. Size the window to the longest outage during which you want no duplicate (the
 default: one hour); the hub keeps about 200 bytes per message sent within the window.
 
-:func:`ensure_uplink_stream` creates the stream or brings an existing one's subjects and
-duplicate window to the spec; :func:`nats_cli_command` prints the equivalent
-``nats stream add`` line for users who manage streams with the ``nats`` CLI.
+:func:`ensure_uplink_stream` creates the stream, or adds its subject to an existing one and
+sets its duplicate window (and the limits given, only those); :func:`nats_cli_command`
+prints the equivalent ``nats stream add`` line for users of the ``nats`` CLI.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ class UplinkStreamSpec:
     name: str = UPLINK_STREAM
     prefix: str = DEFAULT_UPSTREAM_PREFIX
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
-    max_age_s: float = 0.0  # 0: keep until max_bytes makes room
-    max_bytes: int = -1
-    replicas: int = 1
+    # None: a new stream gets the default (keep forever, no size limit, one replica) and
+    # an existing one keeps what it has
+    max_age_s: float | None = None
+    max_bytes: int | None = None
+    replicas: int | None = None
 
     @property
     def subjects(self) -> list[str]:
@@ -63,12 +65,29 @@ class UplinkStreamSpec:
             "storage": "file",
             "discard": "old",
             "max_msgs": -1,
-            "max_bytes": self.max_bytes,
-            "max_age": int(self.max_age_s * _NS),
+            "max_bytes": -1 if self.max_bytes is None else self.max_bytes,
+            "max_age": int((self.max_age_s or 0.0) * _NS),
             "max_consumers": -1,
             "duplicate_window": int(self.duplicate_window_s * _NS),
-            "num_replicas": self.replicas,
+            "num_replicas": self.replicas or 1,
         }
+
+    def changes(self, current: dict[str, Any]) -> dict[str, Any]:
+        """What an existing stream's config needs: its subjects plus ours, this duplicate
+        window, and the limits that were given (others stay as they are)."""
+        wanted = self.config()
+        subjects = [str(s) for s in current.get("subjects") or []]
+        merged: dict[str, Any] = {
+            "subjects": subjects + [s for s in self.subjects if s not in subjects],
+            "duplicate_window": wanted["duplicate_window"],
+        }
+        if self.max_age_s is not None:
+            merged["max_age"] = wanted["max_age"]
+        if self.max_bytes is not None:
+            merged["max_bytes"] = wanted["max_bytes"]
+        if self.replicas is not None:
+            merged["num_replicas"] = wanted["num_replicas"]
+        return merged
 
 
 def nats_cli_command(spec: UplinkStreamSpec) -> str:
@@ -79,8 +98,8 @@ def nats_cli_command(spec: UplinkStreamSpec) -> str:
         "--storage", "file", "--retention", "limits", "--discard", "old",
         "--dupe-window", _duration(spec.duplicate_window_s),
         "--max-age", _duration(spec.max_age_s) if spec.max_age_s else "0",
-        "--max-bytes", str(spec.max_bytes),
-        "--replicas", str(spec.replicas),
+        "--max-bytes", str(-1 if spec.max_bytes is None else spec.max_bytes),
+        "--replicas", str(spec.replicas or 1),
         "--defaults",
     ]  # fmt: skip
     return shlex.join(args)
@@ -115,7 +134,7 @@ def _duration(seconds: float) -> str:
 async def ensure_uplink_stream(
     nats_client: Any, spec: UplinkStreamSpec, *, domain: str | None = None
 ) -> dict[str, Any]:
-    """Create the hub stream, or update its subjects, duplicate window and limits.
+    """Create the hub stream, or update an existing one (see :meth:`UplinkStreamSpec.changes`).
 
     ``nats_client`` is connected to the hub with the fleet account's credentials;
     ``domain`` names the hub's JetStream domain when the API must be reached through one.
@@ -149,8 +168,7 @@ async def ensure_uplink_stream(
     else:
         found = info.get("config")
         current: dict[str, Any] = found if isinstance(found, dict) else {}
-        keys = ("subjects", "duplicate_window", "max_age", "max_bytes", "num_replicas")
-        merged = {**current, **{key: wanted[key] for key in keys}}
+        merged = {**current, **spec.changes(current)}
         result = await call(f"STREAM.UPDATE.{spec.name}", merged) if merged != current else info
     if result.get("error") is not None:
         raise ForwardError(f"cannot create stream {spec.name}: {_describe(result['error'])}")

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.capabilities.kvstore import KeyValueSettings
 from agent.config import HostPort, UpstreamSettings, load_config
 from agent.errors import ConfigError
 from agent.forward.codec import (
@@ -41,6 +42,7 @@ from agent.forward.subjects import (
 )
 from agent.forward.uplink import UplinkStreamSpec, nats_cli_command
 from agent.leaf.render import LeafPlan, render
+from profiles import available_profiles, load_profile
 
 HOST = "N" + "A" * 55
 
@@ -393,3 +395,28 @@ def test_the_leaf_retries_its_uplink_quickly_where_the_server_allows() -> None:
     assert 'reconnect: "250ms"' in render(plan, (2, 15, 1)).text
     assert "reconnect" not in render(plan, (2, 10, 9)).text  # whole seconds only before 2.11
     assert "reconnect" not in render(plan, (2, 9, 10)).text
+
+
+def test_an_existing_uplink_stream_keeps_its_subjects_and_unset_limits() -> None:
+    current = {"subjects": ["other.>"], "max_bytes": 10**9, "max_age": 5, "num_replicas": 3}
+    changes = UplinkStreamSpec(duplicate_window_s=600).changes(current)
+    assert changes == {
+        "subjects": ["other.>", "lattice-edge.uplink.>"],
+        "duplicate_window": 600 * 10**9,
+    }
+    again = UplinkStreamSpec(max_bytes=5, max_age_s=60, replicas=1).changes(
+        {"subjects": ["lattice-edge.uplink.>"]}
+    )
+    assert again["subjects"] == ["lattice-edge.uplink.>"]
+    assert (again["max_bytes"], again["max_age"], again["num_replicas"]) == (5, 60 * 10**9, 1)
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_has_room_for_the_outbox_beside_the_other_buckets(name: str) -> None:
+    budgets = load_profile(name).budgets
+    file_store = budgets.jetstream_max_file_mb * 2**20
+    modules = budgets.jetstream_max_file_mb // 4 * 2**20  # the host's module bucket
+    keyvalue = KeyValueSettings().max_bytes
+    outbox = outbox_capacity(budgets.store_forward_mb * 2**20)
+    assert outbox + modules + keyvalue <= file_store, name
+    assert budgets.store_forward_max_age_h >= 24
