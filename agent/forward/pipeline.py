@@ -29,7 +29,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.forward.codec import PubAck, PubAckKind, parse_delivery, parse_puback, upstream_headers
@@ -83,7 +83,7 @@ class InFlight:
     size: int
     ack_subject: str
     sent_at: float
-    outcome: asyncio.Future[PubAck] = field(repr=False)
+    outcome: PubAck | None = None  # the hub's answer, once it came
 
 
 class Pipeline:
@@ -128,6 +128,7 @@ class Pipeline:
         self._request_deadline = 0.0
         self._wake = asyncio.Event()
         self._sent = asyncio.Event()
+        self._head_answered = asyncio.Event()
         self._ended = asyncio.Event()
         self._end: SessionEnded | None = None
 
@@ -237,10 +238,10 @@ class Pipeline:
         """
         if self._end is not None:
             return
-        current = msg.subject == f"{self._deliver}.{self._request_id}"
-        headers = msg.headers or {}
-        status = headers.get("Status")
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
         if status:
+            current = msg.subject == f"{self._deliver}.{self._request_id}"
             if status == "100":  # idle heartbeat
                 return
             description = str(headers.get("Description", ""))
@@ -265,9 +266,8 @@ class Pipeline:
     async def _publish(self, msg: Any, seq: int) -> None:
         import nats.errors
 
-        loop = asyncio.get_running_loop()
         data = bytes(msg.data)
-        entry = InFlight(seq, len(data), msg.reply, time.monotonic(), loop.create_future())
+        entry = InFlight(seq, len(data), msg.reply, time.monotonic())
         self.inflight.append(entry)
         self._by_seq[seq] = entry
         self._inflight_bytes += entry.size
@@ -279,8 +279,8 @@ class Pipeline:
                 subject, data, reply=f"{self._ack_base}.{seq}", headers=headers
             )
         except nats.errors.MaxPayloadError:
-            entry.outcome.set_result(
-                PubAck(PubAckKind.REFUSED, code=413, description="larger than max_payload")
+            self._answered(
+                entry, PubAck(PubAckKind.REFUSED, code=413, description="larger than max_payload")
             )
         except (nats.errors.Error, OSError) as exc:
             self._fail(EndKind.TIMEOUT, f"publishing upstream: {exc}")
@@ -293,15 +293,20 @@ class Pipeline:
         except (IndexError, ValueError):
             return
         entry = self._by_seq.get(seq)
-        if entry is None or entry.outcome.done():
+        if entry is None or entry.outcome is not None:
             return
         status = (msg.headers or {}).get("Status")
         outcome = parse_puback(bytes(msg.data), status)
-        entry.outcome.set_result(outcome)
+        self._answered(entry, outcome)
         if outcome.kind is PubAckKind.NO_RESPONDERS:
             # The hub's interest is gone: send nothing more, so whatever reaches the hub
             # later in this session cannot overtake this message.
             self._fail(EndKind.NO_RESPONDERS, "")
+
+    def _answered(self, entry: InFlight, outcome: PubAck) -> None:
+        entry.outcome = outcome
+        if self.inflight and self.inflight[0] is entry:
+            self._head_answered.set()  # only the oldest's answer can move the settler
 
     async def _settler(self) -> None:
         while True:
@@ -309,14 +314,20 @@ class Pipeline:
                 self._sent.clear()
                 await self._sent.wait()
             head = self.inflight[0]
-            timeout = ACK_TIMEOUT_S + head.size / MIN_UPLINK_RATE
-            deadline = max(head.sent_at, self._last_progress) + timeout
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    outcome = await asyncio.shield(head.outcome)
-            except TimeoutError:
-                detail = f"no PubAck for outbox message {head.seq} within {timeout:.0f} s"
-                raise self._fail(EndKind.TIMEOUT, detail) from None
+            outcome = head.outcome
+            if outcome is None:  # under load the answer is usually there already
+                timeout = ACK_TIMEOUT_S + head.size / MIN_UPLINK_RATE
+                deadline = max(head.sent_at, self._last_progress) + timeout
+                self._head_answered.clear()
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        while head.outcome is None:
+                            await self._head_answered.wait()
+                            self._head_answered.clear()
+                except TimeoutError:
+                    detail = f"no PubAck for outbox message {head.seq} within {timeout:.0f} s"
+                    raise self._fail(EndKind.TIMEOUT, detail) from None
+                outcome = head.outcome
             if outcome.ok:
                 self._refusals.pop(head.seq, None)
                 self._on_forwarded(head.seq)
