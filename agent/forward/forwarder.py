@@ -8,8 +8,11 @@ stream or refused) → ``stopped``. A paused forwarder wakes the instant the lea
 uplink reconnecting (:class:`~agent.forward.link.UplinkWatch`), else on a backoff timer
 that doubles from 50 ms to 30 s; it never polls the uplink while idle.
 
-Counts survive restarts in ``<data_dir>/forward.json`` (written atomically when something
-is dropped, every minute while forwarding, and at shutdown); drops are reported in the
+Counts survive restarts in ``<data_dir>/forward.json``, written atomically at start-up,
+when something is dropped, before each session (so no consumer ever starts past an
+uncounted drop), every minute while forwarding, and at shutdown, which marks the file
+``clean``. After a run that died, what vanished from the outbox since the last write is
+counted as forwarded (the outbox cannot say which of it was). Drops are reported in the
 heartbeat's ``lattice_edge.forward`` section and as ``forward_dropped`` events.
 """
 
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.background import Background
-from agent.config import Config
+from agent.config import Config, HostPort
 from agent.errors import ForwardError
 from agent.forward.ledger import Ledger
 from agent.forward.link import UplinkWatch
@@ -81,6 +84,7 @@ class Forwarder:
         state_path: Path,
         emit: Emit | None = None,
         upstream_configured: bool = True,
+        monitor: HostPort | None = None,
     ) -> None:
         self._nats = nats_client
         self.plan = plan
@@ -109,6 +113,8 @@ class Forwarder:
         self._limiter = RateLimiter()
         self._activity = asyncio.Event()
         self._save_soon = False
+        self._monitor = monitor
+        self._confirming = False
         self._clean = False  # the counts on disk are exact: the last run stopped cleanly
         watch.listeners.append(self._link_changed)
 
@@ -140,9 +146,32 @@ class Forwarder:
             self._pipeline.interrupt(EndKind.LOCAL_RECONNECT)
 
     def _link_changed(self, connected: bool) -> None:
-        # A closed link loses whatever was on its way: end now instead of timing out.
-        if not connected and self._pipeline is not None and self._pipeline.inflight:
-            self._pipeline.interrupt(EndKind.LINK_CLOSED, "the leaf's uplink closed")
+        # A closed link loses whatever was on its way: end now instead of timing out. The
+        # line is only a hint (a local client can get words of its own into the leaf's
+        # log), so the leaf's monitoring endpoint confirms it first.
+        pipeline = self._pipeline
+        if connected or pipeline is None or not pipeline.inflight or self._confirming:
+            return
+        monitor = self._monitor
+        if monitor is None:
+            pipeline.interrupt(EndKind.LINK_CLOSED, "the leaf's uplink closed")
+            return
+        self._confirming = True
+        check = self._confirm_closed(pipeline, monitor)
+        self._background.spawn(check, what="forwarder link check")
+
+    async def _confirm_closed(self, pipeline: Pipeline, monitor: HostPort) -> None:
+        from agent.leaf.monitor import MonitorError, get_json
+
+        try:
+            _, leafz = await get_json(monitor, "/leafz", timeout=1.0)
+        except MonitorError:
+            leafz = None
+        finally:
+            self._confirming = False
+        links = leafz.get("leafnodes") if isinstance(leafz, dict) else None
+        if links == 0 and pipeline is self._pipeline:
+            pipeline.interrupt(EndKind.LINK_CLOSED, "the leaf's uplink closed")
 
     async def _run(self) -> None:
         if self._snapshot is None:  # start() gave up waiting: keep trying
@@ -212,6 +241,7 @@ class Forwarder:
         delay = RETRY_MIN_S
         while True:
             link_up = self._watch.next_up()
+            attempted = time.monotonic()
             try:
                 await self._session()
             except SessionEnded as end:
@@ -229,6 +259,8 @@ class Forwarder:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):  # not wait_for: see pipeline._requester
                     await link_up.wait()
+            # However many hints arrive, at most one attempt per RETRY_MIN_S.
+            await asyncio.sleep(max(0.0, attempted + RETRY_MIN_S - time.monotonic()))
             delay = RETRY_MIN_S if link_up.is_set() else min(delay * 2, RETRY_MAX_S)
 
     async def _session(self) -> None:
@@ -430,4 +462,5 @@ def forwarder_for(
         state_path=config.host.data_dir / FORWARD_STATE_FILE,
         emit=emit,
         upstream_configured=config.upstream is not None,
+        monitor=config.leaf.monitor,
     )

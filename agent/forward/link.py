@@ -10,21 +10,24 @@ Why not something else (measured; see ``docs/store-and-forward.md``): the system
 account's ``$SYS.ACCOUNT.*.LEAFNODE.CONNECT`` event is only sent by servers with gateways
 and needs a system-account user on the leaf; polling ``/leafz`` (what ``status`` reads)
 costs a TCP connection and an HTTP exchange per poll and still lags by its interval; and
-interest changes are invisible to clients. The lines are hints, not truth: the forwarder
-still proves the path with one message before opening its window, and falls back to a
+interest changes are invisible to clients. The lines are hints, not truth (a local client
+can get words of its own into the leaf's log, in a client name): the forwarder still proves
+the path with one message before opening its window, confirms a closed link on ``/leafz``
+before acting on it, tries at most every 50 ms however many hints come, and falls back to a
 slow retry timer in case a future nats-server words its log differently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
 __all__ = ["UplinkWatch"]
 
-_UP = "Leafnode connection created for account"
-_DOWN = "Leafnode connection closed"
+# "[INF] 127.0.0.1:7422 - lid:5 - Leafnode connection created for account: $G" (2.9 to 2.15)
+_LINE = re.compile(r"\[INF\] \S+ - lid:\d+ - Leafnode connection (created for account|closed)")
 
 
 class UplinkWatch:
@@ -41,14 +44,17 @@ class UplinkWatch:
 
     def feed(self, line: str) -> None:
         """One line of nats-server's output (called by the leaf supervisor's pump)."""
-        if _UP in line:
-            self.connected = True
-            self.ups += 1
-            self._signal(self._up)
-        elif _DOWN in line:
+        match = _LINE.search(line)
+        if match is None:
+            return
+        if match.group(1) == "closed":
             self.connected = False
             self.downs += 1
             self._signal(self._down)
+        else:
+            self.connected = True
+            self.ups += 1
+            self._signal(self._up)
 
     def _signal(self, event: asyncio.Event) -> None:
         self.changed_at = time.time()

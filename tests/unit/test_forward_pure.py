@@ -302,6 +302,17 @@ async def test_uplink_watch_follows_the_leafs_log() -> None:
     assert (watch.ups, watch.downs) == (2, 1)
 
 
+def test_uplink_watch_ignores_words_a_client_put_in_the_log() -> None:
+    watch = UplinkWatch()
+    forged = (
+        '[4616] 2026/12/01 22:45:41.860693 [ERR] 127.0.0.1:5555 - cid:9 - "v2.16:python:'
+        'Leafnode connection closed" - Publish Violation - User "local", Subject "$JS.x"'
+    )
+    watch.feed(forged)
+    watch.feed("[INF] Leafnode connection created for account: $G")  # no lid: not the leaf
+    assert watch.connected is None and watch.downs == 0
+
+
 # --- config and leaf rendering ----------------------------------------------------------
 
 
