@@ -31,6 +31,7 @@ from agent.config import Config, load_config
 from agent.forward.forwarder import FORWARD_STATE_FILE, Forwarder
 from agent.forward.plan import OUTBOX_STREAM
 from agent.host import Host, run_host
+from agent.identity.host import ensure_host_keys
 
 pytestmark = pytest.mark.integration
 
@@ -296,4 +297,33 @@ async def test_forwarding_through_a_2_9_leaf(
         messages = await hub_messages(hub)
         assert [index_of(m.data) for m in messages] == list(range(100))
         assert host.health()["forward"]["dropped"] == 0
+        await anon.close()
+
+
+async def test_a_device_allowed_only_its_own_uplink_subjects_forwards(
+    tmp_path: Path, hub: Hub
+) -> None:
+    """What a fleet's device role must allow, and no more: publishing under
+    ``lattice-edge.uplink.{host}.>`` and receiving its PubAcks on ``_INBOX_LE.{host}.>``."""
+    await create_uplink(hub)
+    host_id = ensure_host_keys(tmp_path / "device" / "data" / "keys")[0].host_id
+    creds = hub.issue_creds(
+        "device-role",
+        publish=[f"lattice-edge.uplink.{host_id}.>"],
+        subscribe=[f"_INBOX_LE.{host_id}.>"],
+    )
+    path = device_config(tmp_path / "device", upstream_url=hub.leaf_url, creds=creds)
+    async with run_host(load_config(path, env={})) as host:
+        assert host.keys.host_id == host_id
+        anon = await connect_device(host.client_url)
+        for index in range(20):
+            await anon.publish("sensors.confined", payload(index))
+        await anon.flush()
+        await wait_hub_count(hub, 20, 20)
+        assert [index_of(m.data) for m in await hub_messages(hub)] == list(range(20))
+        # the PubAcks came back: the outbox is empty, not merely copied
+        await eventually(
+            lambda: _report_if(host, lambda r: r["forwarded"] == 20 and r["waiting_messages"] == 0),
+            10, "the outbox to drain", lambda: host.health()["forward"],
+        )  # fmt: skip
         await anon.close()
