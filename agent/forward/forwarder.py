@@ -105,8 +105,6 @@ class Forwarder:
         self._pipeline: Pipeline | None = None
         self._snapshot: OutboxState | None = None
         self._last_forwarded_at: float | None = None
-        self._forwarded_here = 0  # since this process started
-        self._sessions = 0
         self._saved: dict[str, Any] = {}
         self._last_save = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -271,7 +269,6 @@ class Forwarder:
         await self._save(force=True)
         start = await self.outbox.reset_consumer(self._window)
         self._count_drops(ledger.settle_stream(start + 1, None))
-        self._sessions += 1
         pipeline = Pipeline(
             self._nats,
             self.outbox,
@@ -321,7 +318,6 @@ class Forwarder:
 
     def _forwarded(self, seq: int) -> None:
         self._count_drops(self.ledger.settle_forwarded(seq))
-        self._forwarded_here += 1
         self._last_forwarded_at = time.time()
         self._activity.set()
 
