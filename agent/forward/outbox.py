@@ -22,7 +22,7 @@ from typing import Any
 from agent.errors import ForwardError
 from agent.forward.plan import OutboxPlan
 
-__all__ = ["CONSUMER", "Outbox", "OutboxState", "parse_time"]
+__all__ = ["CONSUMER", "Outbox", "OutboxState", "jetstream_api", "parse_time"]
 
 CONSUMER = "forwarder"
 API_TIMEOUT_S = 5.0
@@ -71,22 +71,7 @@ class Outbox:
         return f"$JS.API.CONSUMER.MSG.NEXT.{self.plan.name}.{CONSUMER}"
 
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        import nats.errors
-
-        payload = json.dumps(body).encode() if body is not None else b""
-        try:
-            reply = await self._nats.request(f"$JS.API.{subject}", payload, timeout=API_TIMEOUT_S)
-        except nats.errors.NoRespondersError:
-            raise ForwardError("the leaf's JetStream does not answer (is it enabled?)") from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise ForwardError(f"the leaf's JetStream API ({subject}): {exc or 'timeout'}") from exc
-        try:
-            answer = json.loads(reply.data)
-        except ValueError as exc:
-            raise ForwardError(f"the leaf's JetStream API ({subject}) did not answer JSON") from exc
-        if not isinstance(answer, dict):
-            raise ForwardError(f"the leaf's JetStream API ({subject}) answered {answer!r}")
-        return answer
+        return await jetstream_api(self._nats, subject, body, who="the leaf's JetStream")
 
     def _config(self) -> dict[str, Any]:
         plan = self.plan
@@ -176,6 +161,35 @@ class Outbox:
         """The body of a pull request for up to ``batch`` messages and ``max_bytes``."""
         body = {"batch": batch, "max_bytes": max_bytes, "expires": int(expires_s * _NS)}
         return json.dumps(body).encode()
+
+
+async def jetstream_api(
+    nats_client: Any,
+    subject: str,
+    body: dict[str, Any] | None = None,
+    *,
+    api: str = "$JS.API",
+    who: str = "JetStream",
+    timeout: float = API_TIMEOUT_S,
+) -> dict[str, Any]:
+    """One JetStream API request (``{api}.{subject}``) and its decoded JSON answer; errors
+    the API reports stay in the answer, failures to get one raise :class:`ForwardError`."""
+    import nats.errors
+
+    payload = json.dumps(body).encode() if body is not None else b""
+    try:
+        reply = await nats_client.request(f"{api}.{subject}", payload, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise ForwardError(f"{who} does not answer on {api} (is it enabled?)") from None
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ForwardError(f"{who} ({subject}): {exc or 'timeout'}") from exc
+    try:
+        answer = json.loads(reply.data)
+    except ValueError as exc:
+        raise ForwardError(f"{who} ({subject}) did not answer JSON") from exc
+    if not isinstance(answer, dict):
+        raise ForwardError(f"{who} ({subject}) answered {str(answer)[:80]}")
+    return answer
 
 
 def _check(answer: dict[str, Any], doing: str) -> None:

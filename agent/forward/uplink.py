@@ -15,12 +15,12 @@ prints the equivalent ``nats stream add`` line for users of the ``nats`` CLI.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import ForwardError
+from agent.forward.outbox import jetstream_api
 from agent.forward.subjects import DEFAULT_UPSTREAM_PREFIX
 
 __all__ = [
@@ -143,20 +143,8 @@ async def ensure_uplink_stream(
     api = f"$JS.{domain}.API" if domain else "$JS.API"
 
     async def call(subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        import nats.errors
-
-        payload = json.dumps(body).encode() if body is not None else b""
-        try:
-            reply = await nats_client.request(f"{api}.{subject}", payload, timeout=10)
-        except nats.errors.NoRespondersError:
-            raise ForwardError(f"no JetStream answers on {api} (is it enabled?)") from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise ForwardError(f"{api}.{subject}: {exc or 'timeout'}") from exc
-        try:
-            answer = json.loads(reply.data)
-        except ValueError as exc:
-            raise ForwardError(f"{api}.{subject} did not answer JSON") from exc
-        return answer if isinstance(answer, dict) else {}
+        return await jetstream_api(nats_client, subject, body, api=api, who="the hub's JetStream",
+                                   timeout=10)  # fmt: skip
 
     wanted = spec.config()
     info = await call(f"STREAM.INFO.{spec.name}")
