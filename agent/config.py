@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "FirmwareDevice",
     "FirmwareSettings",
+    "ForwardSettings",
     "HostPort",
     "HostSettings",
     "LeafSettings",
@@ -137,6 +138,8 @@ class UpstreamSettings:
     tls_cert_file: Path | None
     tls_key_file: Path | None
     tls_handshake_first: bool
+    # how soon the leaf retries a lost uplink (nats-server 2.11+ only; older ones: 1 s)
+    reconnect_interval_s: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,20 @@ class LogFileSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """Store-and-forward (``[forward]``): what the outbox captures and where it goes.
+
+    ``enabled`` defaults to on when an upstream is configured (and the leaf runs JetStream);
+    the host's telemetry is always captured, ``subjects`` adds application subjects.
+    """
+
+    enabled: bool = False
+    subjects: tuple[str, ...] = ()
+    window: int = 256  # messages in flight to the hub at once
+    upstream_prefix: str = "lattice-edge.uplink"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is None for the embedded default."""
 
@@ -208,6 +225,7 @@ class Config:
     source: Path | None = None
     firmware: FirmwareSettings = field(default_factory=lambda: NO_FIRMWARE)
     log_file: LogFileSettings | None = None
+    forward: ForwardSettings = ForwardSettings()
 
     @property
     def keys_dir(self) -> Path:
@@ -550,7 +568,7 @@ def parse_config(
         u = _Reader(raw.get("upstream"), "upstream", source, overrides)
         u.reject_unknown(
             {"urls", "credentials", "tls_ca_file", "tls_cert_file", "tls_key_file",
-             "tls_handshake_first"}
+             "tls_handshake_first", "reconnect_interval_s"}
         )  # fmt: skip
         no_urls: tuple[str, ...] = ()
         urls = u.get("urls", no_urls, lambda v: tuple(_url(x) for x in _string_list(v)))
@@ -563,6 +581,7 @@ def parse_config(
             tls_cert_file=u.get("tls_cert_file", None, optional_path),
             tls_key_file=u.get("tls_key_file", None, optional_path),
             tls_handshake_first=u.get("tls_handshake_first", False, _bool),
+            reconnect_interval_s=u.get("reconnect_interval_s", 0.25, _positive),
         )
         if (upstream.tls_cert_file is None) != (upstream.tls_key_file is None):
             raise u.error("tls_key_file", "tls_cert_file and tls_key_file go together")
@@ -610,6 +629,8 @@ def parse_config(
             backups=lg.get("file_backups", 3, _backups),
         )
 
+    forward = _forward_settings(raw.get("forward"), source, overrides, upstream, leaf)
+
     return Config(
         host=host,
         leaf=leaf,
@@ -622,6 +643,43 @@ def parse_config(
         source=source,
         firmware=_parse_firmware(raw.get("firmware"), source, path_of, overrides),
         log_file=log_file,
+        forward=forward,
+    )
+
+
+def _forward_settings(
+    table: object,
+    source: Path | None,
+    overrides: Mapping[str, tuple[str, str]] | None,
+    upstream: UpstreamSettings | None,
+    leaf: LeafSettings,
+) -> ForwardSettings:
+    """The ``[forward]`` table (see ``docs/store-and-forward.md``)."""
+    from agent.forward.subjects import check_forward_subject, check_upstream_prefix
+
+    f = _Reader(table, "forward", source, overrides)
+    f.reject_unknown({"enabled", "subjects", "window", "upstream_prefix"})
+    default = ForwardSettings()
+
+    def window(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise ValueError(f"must be an integer from 1 to 4096, got {value!r}")
+        return value
+
+    prefix = f.get("upstream_prefix", default.upstream_prefix,
+                   lambda v: check_upstream_prefix(_string(v)))  # fmt: skip
+    subjects = f.get(
+        "subjects", default.subjects,
+        lambda v: tuple(check_forward_subject(s, prefix) for s in _string_list(v)),
+    )  # fmt: skip
+    enabled = f.get("enabled", upstream is not None and leaf.jetstream, _bool)
+    if enabled and not leaf.jetstream:
+        raise f.error("enabled", "store-and-forward needs the leaf's JetStream (leaf.jetstream)")
+    return ForwardSettings(
+        enabled=enabled,
+        subjects=subjects,
+        window=f.get("window", default.window, window),
+        upstream_prefix=prefix,
     )
 
 
@@ -718,7 +776,9 @@ def _check_mqtt(leaf: LeafSettings, lf: _Reader) -> None:
 # Variables that configure the tooling around the agent, not a config key; the test
 # suite's own variables start with LATTICE_EDGE_TEST_.
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG", "FLEET_DIR"}
-_SECTIONS = ("host", "leaf", "upstream", "trust", "actors", "budgets", "log", "firmware")
+_SECTIONS = (
+    "host", "leaf", "upstream", "trust", "actors", "budgets", "log", "firmware", "forward"
+)  # fmt: skip
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:

@@ -19,6 +19,7 @@ so callers catch our types and the CLI can print one clear line for any of them:
     ├── AgentStateError             status/control cannot reach a running agent
     │   └── AgentRunningError       another agent already runs on this data directory
     ├── StateError                  durable state cannot be written or read (disk full, read-only)
+    ├── ForwardError                store-and-forward: the outbox cannot be created or read
     ├── ModuleError                 a wasm module is unusable
     │   ├── ModuleFormatError       bad magic/version, truncated or oversized sections
     │   ├── ModuleImportError       imports outside the allowed set
@@ -157,6 +158,11 @@ class StateError(LatticeEdgeError):
     Raised where an ``OSError`` from a state, cache or run-file write enters the project,
     so background work can tell "the disk refused" from a bug.
     """
+
+
+class ForwardError(LatticeEdgeError):
+    """Store-and-forward cannot run: the outbox stream on the leaf cannot be created or read,
+    or the forwarder's consumer cannot be set up (JetStream off, its store full)."""
 
 
 # --- wasm modules and claims ----------------------------------------------------------

@@ -35,6 +35,7 @@ from agent.capabilities.base import Capabilities
 from agent.config import Config
 from agent.datadir import DataDirLock
 from agent.errors import LatticeEdgeError, LeafConfigError
+from agent.forward.link import UplinkWatch
 from agent.fsutil import ensure_dir, write_atomic
 from agent.identity.host import HostKeys
 from agent.identity.jwt import read_creds
@@ -60,6 +61,7 @@ from agent.systemd import Notifier
 if TYPE_CHECKING:
     from agent.capabilities.subscriptions import Subscriptions
     from agent.device_link import DeviceLink
+    from agent.forward.forwarder import Forwarder
     from agent.reload import ReloadPlan
 
 __all__ = ["DEMO_ACTOR_NAME", "STATE_FILE", "Host", "HostInfo", "HostState"]
@@ -144,6 +146,10 @@ class Host:
             pid_file=run_dir / LEAF_PID,
             env={**os.environ, "GOMEMLIMIT": f"{board.budgets.gomemlimit_mb}MiB"},
         )
+        self.uplink = UplinkWatch()  # the leaf's uplink, from its own log lines
+        self.leaf.line_hooks.append(self.uplink.feed)
+        self.forwarder: Forwarder | None = None
+        self.reconnect_hooks: list[Callable[[], None]] = []  # the leaf connection is back
         self.nats: Any = None  # nats.aio.client.Client once connected
         self.registry: ActorRegistry | None = None
         self.control: ControlServer | None = None
@@ -208,6 +214,7 @@ class Host:
             upstream=self.config.upstream,
             access=self.access,
             mqtt=self.mqtt,
+            deny_imports=self.config.forward.subjects if self.config.forward.enabled else (),
         )
         rendered = render(plan, self.server.version)
         # 0600: it names the local users' passwords.
@@ -258,6 +265,7 @@ class Host:
             async with self._actor_runtime() as registry:
                 await self._restore(registry)
                 await self._start_lattice(registry)
+                await self._start_forwarding()
                 assert self.background is not None
                 self.background.spawn(self._keep_state_saved(), what="state file retry")
                 self._start_device_link(self.background)
@@ -276,6 +284,8 @@ class Host:
                 self.notifier.stopping()
                 logger.info("shutting down")
                 await self._stop_lattice()
+                if self.forwarder is not None:
+                    await self.forwarder.stop()
                 await self._stop_firmware()
                 await self._drain()
         finally:
@@ -307,6 +317,8 @@ class Host:
 
         async def on_reconnect() -> None:
             logger.info("reconnected to the local leaf node")
+            for hook in self.reconnect_hooks:
+                hook()
 
         agent_user: KeyPair = load_agent_user(self.config.host.data_dir)
         try:
@@ -514,6 +526,21 @@ class Host:
             logger.warning("SIGHUP during start-up or shutdown: not reloading")
             return
         self.background.spawn(reload_logged(self.reload), what="reload on SIGHUP")
+
+    async def _start_forwarding(self) -> None:
+        """Store-and-forward (``[forward]``): the outbox on the leaf and the forwarder."""
+        if not self.config.forward.enabled:
+            return
+        from agent.forward.forwarder import forwarder_for
+
+        assert self.background is not None and self.control is not None
+        self.forwarder = forwarder_for(
+            self.config, self.board.budgets, self.keys.host_id, self.nats,
+            watch=self.uplink, background=self.background, emit=self.control.emit,
+        )  # fmt: skip
+        self.reconnect_hooks.append(self.forwarder.local_reconnected)
+        self.health_sections["forward"] = self.forwarder.health
+        await self.forwarder.start()
 
     async def _answer_health(self, msg: Any) -> None:
         if msg.reply:

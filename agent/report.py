@@ -5,6 +5,7 @@ Kept apart from the click layer so they can be tested and reused without it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agent.logs import escape
@@ -63,6 +64,7 @@ def format_status(report: dict[str, Any]) -> str:
             else ""
         )
         lines.append(f"messages : {sub['actor_id']} {sub['state']}{counts}")
+    lines += _outbox_lines(report.get("forward"))
     temperature = device["temperature_c"]
     load = " ".join(f"{x:.2f}" for x in device["load_average"])
     lines += [
@@ -88,6 +90,44 @@ def _credentials(credentials: dict[str, Any]) -> str:
     if credentials.get("error") and status != "active":
         text += f" ({credentials['error']})"
     return f"{text} (fleet {credentials.get('fleet') or '-'})"
+
+
+def _outbox_lines(forward: dict[str, Any] | None) -> list[str]:
+    """Store-and-forward: what waits, what was lost, and whether it is moving."""
+    if not forward:
+        return []
+    state = forward.get("state", "?")
+    if forward.get("reason"):
+        state += f": {forward['reason']}"
+    oldest = forward.get("oldest_age_s")
+    at = forward.get("last_forwarded_at")
+    last = max(0.0, time.time() - at) if isinstance(at, int | float) else None
+    return [
+        f"outbox   : {forward.get('waiting_messages') or 0:,} waiting "
+        f"({_size(forward.get('waiting_bytes') or 0)}), oldest "
+        f"{_age(oldest) if oldest is not None else '-'}; {state}",
+        f"           forwarded {forward.get('forwarded', 0):,}, dropped "
+        f"{forward.get('dropped', 0):,}, refused {forward.get('refused', 0):,}; last forwarded "
+        + (f"{_age(last)} ago" if last is not None else "never"),
+    ]
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def _age(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s" if whole else f"{seconds:.1f}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def format_inspect(report: dict[str, Any]) -> str:

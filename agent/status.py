@@ -144,6 +144,7 @@ async def gather_status(
         "actors": actors,
         "health": health,
         "credentials": credentials_status(config),
+        "forward": health.get("forward") if health else None,
         "profile": state.get("profile") if agent_up and state else profile_name,
         "device": device_resources(config.host.data_dir, cpu_sample_s=0.2),
     }

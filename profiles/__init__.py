@@ -59,6 +59,7 @@ class Budgets:
     heartbeat_interval_s: float
     telemetry_interval_s: float
     store_forward_mb: int
+    store_forward_max_age_h: float
 
     def replace(self, **changes: Any) -> Budgets:
         """Return a copy with some budgets overridden (validated by the caller)."""

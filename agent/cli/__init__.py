@@ -30,6 +30,7 @@ from agent.cli.logs import logs
 from agent.cli.profiles import profiles
 from agent.cli.service import demo, init, reload, run, status
 from agent.cli.trust import trust
+from agent.cli.uplink import uplink
 from agent.errors import LatticeEdgeError
 
 __all__ = ["cli", "main"]
@@ -55,6 +56,7 @@ for _command in (
     fleet, enroll, firmware,
 ):  # fmt: skip
     cli.add_command(_command)
+fleet.add_command(uplink)  # the cloud side of store-and-forward: fleet uplink init
 
 
 # --- entry point -----------------------------------------------------------------------

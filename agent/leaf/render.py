@@ -22,6 +22,7 @@ __all__ = ["LeafPlan", "RenderedConfig", "render", "to_conf"]
 
 Version = tuple[int, int, int]
 _V2_10: Version = (2, 10, 0)
+_V2_11: Version = (2, 11, 0)  # leafnodes.reconnect takes a duration (before: whole seconds)
 
 ConfValue = str | int | bool | Sequence["ConfValue"] | Mapping[str, "ConfValue"]
 
@@ -43,6 +44,9 @@ class LeafPlan:
     upstream: UpstreamSettings | None = None
     access: LocalAccess | None = None  # None: the local listener takes anyone (tests only)
     mqtt: MqttListener | None = None  # nats-server's MQTT listener for networked MCUs
+    # subjects the leaf must not take from the hub: what store-and-forward captures, so a
+    # device's outbox never fills with what others publish (see docs/store-and-forward.md)
+    deny_imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,15 @@ def render(plan: LeafPlan, version: Version) -> RenderedConfig:
                 warnings.append(_unsupported("leaf.sync_interval", version))
         conf["jetstream"] = jetstream
     if plan.upstream is not None:
-        conf["leafnodes"] = {"remotes": [_remote(plan.upstream, modern, version, warnings)]}
+        remote = _remote(plan.upstream, modern, version, warnings)
+        if plan.deny_imports:
+            remote["deny_imports"] = list(plan.deny_imports)
+        leafnodes: dict[str, ConfValue] = {"remotes": [remote]}
+        if version >= _V2_11:
+            # Retry a lost uplink quickly (the server adds up to as much again in jitter):
+            # forwarding resumes when the link does. Older servers retry every second.
+            leafnodes["reconnect"] = f"{int(plan.upstream.reconnect_interval_s * 1000)}ms"
+        conf["leafnodes"] = leafnodes
     return RenderedConfig(text=to_conf(conf), warnings=tuple(warnings))
 
 

@@ -193,6 +193,9 @@ class LeafSupervisor:
         self.state = LeafState.STOPPED
         self.restarts = 0
         self.pump = LogPump()
+        # Called with every output line, before rate limiting (the forwarder watches the
+        # uplink through them); a hook must be quick and must not raise.
+        self.line_hooks: list[Callable[[str], None]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._started_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
@@ -322,6 +325,13 @@ class LeafSupervisor:
                 continue
             if not line:
                 return
+            if self.line_hooks:
+                text = line.decode("utf-8", "replace")
+                for hook in self.line_hooks:
+                    try:
+                        hook(text)
+                    except Exception:  # a hook's bug must not stop the pump
+                        logger.exception("a leaf output hook failed")
             record = self.pump.feed(line)
             if record is not None:
                 server_log.log(record[0], "%s", record[1])

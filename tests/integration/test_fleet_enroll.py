@@ -292,3 +292,16 @@ async def test_devices_renew_at_half_life_and_a_revoked_one_is_refused(
         f'nsc revocations add-user --account "$FLEET_ACCOUNT" --user-public-key {user_w}' in printed
     )
     assert agent_r.terminate() == 0 and agent_v.terminate() == 0
+
+
+async def test_fleet_uplink_init_uses_the_fleet_directory(
+    tmp_path: Path, fleet_hub: FleetHub
+) -> None:
+    """``fleet uplink init --dir`` finds the hub and its credentials in the fleet directory."""
+    fleet = await Fleet.create(fleet_hub, tmp_path / "fleet")
+    made = json.loads(ok(run_cli("fleet", "uplink", "init", "--dir", str(fleet.path), "--json")))
+    assert made["stream"] == "LATTICE_EDGE_UPLINK" and made["messages"] == 0
+    assert made["subjects"] == ["lattice-edge.uplink.>"]
+    async with connected(fleet_hub.client_url, fleet_hub.client_creds) as owner:
+        info = await owner.jetstream().stream_info(made["stream"])
+    assert info.config.duplicate_window == made["duplicate_window_s"]
