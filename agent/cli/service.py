@@ -255,7 +255,7 @@ def status(config_path: Path | None, timeout: float, as_json: bool) -> None:
       lattice-edge status --json
 
     \b
-    JSON keys: agent, leaf, upstream, actors, health, profile, device, config, logs
+    JSON keys: agent, leaf, upstream, actors, health, credentials, profile, device, config, logs
     """
     from agent.boards import resolve_board
     from agent.report import format_status
