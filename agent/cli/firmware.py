@@ -138,8 +138,9 @@ def _nobody_answers(subject: str) -> str:
 def firmware_list(as_json: bool, config_path: Path | None, timeout: float) -> None:
     """List this host's MCUs and their states.
 
-    A device is online, offline, unresponsive or not probed yet; 'reason' says why it is
-    not online.
+    A device is online, connecting (its port is open, the MCU has not answered yet),
+    unresponsive (it stopped answering) or offline (its port cannot be opened); 'reason'
+    says why it is not online.
 
     \b
     Examples:

@@ -26,6 +26,7 @@ from agent.cli.common import (
 from agent.identity.keys import KeyKind
 
 if TYPE_CHECKING:
+    from agent.errors import FleetRequestError
     from agent.fleet.fleetdir import FleetDir
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "dir_option",
     "fleet",
     "fleet_timeout",
+    "in_our_words",
     "label_option",
     "load_fleet_dir",
     "show",
@@ -121,20 +123,28 @@ def admin_call(
     try:
         return asyncio.run(run())
     except FleetRequestError as exc:
-        raise FleetRequestError(
-            _in_our_words(exc, op, fleet, timeout), code=exc.code, reason=exc.reason
-        ) from exc
+        raise in_our_words(exc, op, fleet, timeout) from exc
 
 
-def _in_our_words(exc: Any, op: str, fleet: FleetDir, timeout: float) -> str:
+def in_our_words(
+    exc: FleetRequestError, op: str, fleet: FleetDir, timeout: float | None
+) -> FleetRequestError:
+    """The fleet service's error for ``op``, in terms of our commands: an absent service
+    names 'fleet serve', a refusal loses the request's wire name (``token.revoke: …``).
+    ``timeout`` is the command's --timeout (None: it has none)."""
+    from agent.errors import FleetRequestError
+
     serve = f"lattice-edge fleet serve --dir {fleet.path}"
+    message = str(exc).removeprefix(f"{op}: ")
     if exc.reason == "no-service":
-        return (f"no fleet service answers for fleet {fleet.fleet_id} on {fleet.hub_urls[0]}; "
-                f"is '{serve}' running?")  # fmt: skip
-    if exc.reason == "timeout":
-        return (f"the fleet service of fleet {fleet.fleet_id} did not answer within {timeout:g} s; "
-                f"is '{serve}' running? (or pass a longer --timeout)")  # fmt: skip
-    return str(exc).removeprefix(f"{op}: ")
+        message = (f"no fleet service answers for fleet {fleet.fleet_id} on "
+                   f"{fleet.hub_urls[0]}; is '{serve}' running?")  # fmt: skip
+    elif exc.reason == "timeout":
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        longer = " (or pass a longer --timeout)" if timeout is not None else ""
+        message = (f"the fleet service of fleet {fleet.fleet_id} did not answer{within}; "
+                   f"is '{serve}' running?{longer}")  # fmt: skip
+    return FleetRequestError(message, code=exc.code, reason=exc.reason)
 
 
 def when(moment: object) -> str:

@@ -9,7 +9,16 @@ from pathlib import Path
 import click
 
 from agent.cli.common import echo_json, json_option, key_values_option
-from agent.cli.fleet import admin_call, dir_option, fleet, fleet_timeout, load_fleet_dir, show, when
+from agent.cli.fleet import (
+    admin_call,
+    dir_option,
+    fleet,
+    fleet_timeout,
+    in_our_words,
+    load_fleet_dir,
+    show,
+    when,
+)
 
 __all__ = ["fleet_deploy", "fleet_deployments", "fleet_status", "fleet_undeploy"]
 
@@ -65,7 +74,7 @@ def fleet_deploy(
     JSON keys: deployment, changed
     """
     from agent.cli.actor import read_module
-    from agent.errors import ModuleFormatError
+    from agent.errors import FleetRequestError, ModuleFormatError
     from agent.fleet.deploy import deploy
     from agent.lattice.refs import MAX_MODULE_BYTES
 
@@ -77,8 +86,11 @@ def fleet_deploy(
     if size > MAX_MODULE_BYTES:
         raise ModuleFormatError(f"{module} is larger than {MAX_MODULE_BYTES} bytes")
     data = read_module(module)
-    reply = asyncio.run(deploy(fleet_config, name, data, selector=selector, count=count,
-                               max_unavailable=max_unavailable))  # fmt: skip
+    try:
+        reply = asyncio.run(deploy(fleet_config, name, data, selector=selector, count=count,
+                                   max_unavailable=max_unavailable))  # fmt: skip
+    except FleetRequestError as exc:
+        raise in_our_words(exc, "deploy", fleet_config, None) from exc
     record = reply["deployment"]
 
     def text() -> str:

@@ -228,6 +228,10 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     assert "user_jwt" in await enroll_by_hand(fleet, fresh)
     states = {t["id"]: t["state"] for t in fleet.tokens()}
     assert states[fresh.split(".")[2]] == "spent"
+    # A spent token cannot be revoked; the refusal speaks of our commands, not of the
+    # admin request's wire name.
+    line = one_error_line(fleet_cli("token", "revoke", fresh.split(".")[2], fleet_dir=fleet.path))
+    assert "already used" in line and "token.revoke" not in line, line
     assert states[expiring.split(".")[2]] == "unused"
 
 
