@@ -72,18 +72,22 @@ def _on_local_host(
 
 
 async def _request(
-    client: LatticeClient, subject: str, body: dict[str, Any], timeout: float = 30.0
-) -> dict[str, Any]:
-    """One request to a firmware endpoint; an error answer becomes a FirmwareError."""
+    client: LatticeClient, host_id: str, device: str | None, op: str, body: dict[str, Any],
+    timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """One request to a firmware endpoint of the host (of one of its devices, or the
+    bridge's own with ``device`` None); an error answer becomes a FirmwareError. Errors
+    speak of the agent and its config, not of subjects."""
     import nats.errors
 
     from agent.errors import AgentStateError, FirmwareError
 
-    what = _what(subject)
+    subject = _subject(host_id, device, op)
+    what = f"firmware {op} request" + (f" for {device}" if device else "")
     try:
         reply = await client.nats.request(subject, json.dumps(body).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
-        raise AgentStateError(f"{_nobody_answers(subject)}; 'lattice-edge status' says whether "
+        raise AgentStateError(f"{_nobody_answers(device)}; 'lattice-edge status' says whether "
                               "the agent runs") from None  # fmt: skip
     except (nats.errors.Error, TimeoutError) as exc:
         raise AgentStateError(
@@ -105,21 +109,8 @@ def _subject(host_id: str, device: str | None, op: str) -> str:
     return f"{base}.{op}" if device is None else f"{base}.{device}.{op}"
 
 
-def _parts(subject: str) -> tuple[str | None, str]:
-    """(device or None, operation) of a firmware subject from :func:`_subject`."""
-    rest = subject.split(".", 3)[3]
-    device, _, op = rest.rpartition(".")
-    return device or None, op
-
-
-def _what(subject: str) -> str:
-    device, op = _parts(subject)
-    return f"firmware {op} request" + (f" for {device}" if device else "")
-
-
-def _nobody_answers(subject: str) -> str:
-    """Why nothing answers, in terms of the agent and its config (not of subjects)."""
-    device, _ = _parts(subject)
+def _nobody_answers(device: str | None) -> str:
+    """Why nothing answers (the bridge, or ``device``), in terms of the agent's config."""
     if device is None:
         return ("no firmware bridge answers: is the agent running, with a device in "
                 "[[firmware.devices]] of its config?")  # fmt: skip
@@ -152,7 +143,7 @@ def firmware_list(as_json: bool, config_path: Path | None, timeout: float) -> No
     """
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
-        return await _request(client, _subject(host_id, None, "list"), {}, timeout=timeout)
+        return await _request(client, host_id, None, "list", {}, timeout)
 
     answer = _on_local_host(config_path, timeout, work)
     if as_json:
@@ -187,7 +178,7 @@ def firmware_info(device: str, as_json: bool, config_path: Path | None, timeout:
     """
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
-        return await _request(client, _subject(host_id, device, "info"), {}, timeout=timeout)
+        return await _request(client, host_id, device, "info", {}, timeout)
 
     answer = _on_local_host(config_path, timeout, work)
     if as_json:
@@ -302,7 +293,7 @@ async def _follow_update(
     kinds = ("firmware_update_progress", "firmware_update_succeeded", "firmware_update_failed")
     async with client.events(*kinds) as queue:
         answer = await _request(
-            client, _subject(host_id, device, "update"), {"image": ref, "confirm": confirm},
+            client, host_id, device, "update", {"image": ref, "confirm": confirm},
             timeout=timeout,
         )  # fmt: skip
         update_id = answer["update_id"]
@@ -339,7 +330,7 @@ async def _resolve(
     """No event for a long time: ask the device's info how the update ended, if it did."""
     from agent.errors import AgentStateError
 
-    info = await _request(client, _subject(host_id, device, "info"), {}, timeout=timeout)
+    info = await _request(client, host_id, device, "info", {}, timeout)
     last = info.get("last_update") or {}
     if info.get("updating") or last.get("update_id") != update_id:
         if not info.get("updating"):
