@@ -51,6 +51,7 @@ so callers catch our types and the CLI can print one clear line for any of them:
     │   └── WorkerProtocolError     a sandbox worker sent a malformed or oversized frame
     ├── LatticeError                a lattice subject or message is malformed or refused
     │   ├── ControlRequestError     a control request body is malformed (names the field)
+    │   ├── CommandRefused          a host refused a control command (``op``, ``reason``)
     │   └── InvocationError         an RPC Invocation/InvocationResponse is malformed
     │       ├── AntiForgeryError    its signed claims do not hold (``check`` says which)
     │       └── ChunkedInvocationError  its body went to the object store (unsupported)
@@ -205,7 +206,9 @@ class SignatureError(ClaimsError):
 
 
 class UntrustedIssuerError(ClaimsError):
-    """The wascap JWT was issued by an account that is not trusted."""
+    """The wascap JWT was issued by an account that is not trusted (``issuer``, if known)."""
+
+    issuer: str = ""
 
 
 class ClaimsExpiredError(ClaimsError):
@@ -312,6 +315,20 @@ class LatticeError(LatticeEdgeError):
 
 class ControlRequestError(LatticeError):
     """A control-interface request body is malformed; the message names the field."""
+
+
+class CommandRefused(LatticeError):
+    """A host answered a control command with ``accepted: false``.
+
+    ``op`` is the wire command (``la``, ``upd``, …) and ``reason`` the host's error text, so
+    callers can tell refusals apart without parsing the message (which speaks of what was
+    asked, in our words).
+    """
+
+    def __init__(self, message: str, *, op: str, reason: str):
+        self.op = op
+        self.reason = reason
+        super().__init__(message)
 
 
 class InvocationError(LatticeError):

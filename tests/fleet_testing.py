@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 import nats.js.errors
+from cli_testing import documented_json
 from lattice_testing import CLI, Hub, free_port, run_cli, wait_until
 
 from agent.fleet import protocol
@@ -65,12 +66,18 @@ class FleetHub(Hub):
 
 
 def fleet_cli(*args: str, fleet_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``lattice-edge fleet ARGS --dir FLEET_DIR``."""
+    """``lattice-edge fleet ARGS --dir FLEET_DIR``; with ``--json``, what a successful run
+    printed has the keys its docstring documents (``cli_testing``)."""
     command, *rest = args
     if command == "token":
         sub, *rest = rest
-        return run_cli("fleet", "token", sub, "--dir", str(fleet_dir), *rest, timeout=timeout)
-    return run_cli("fleet", command, "--dir", str(fleet_dir), *rest, timeout=timeout)
+        words = ["fleet", "token", sub, "--dir", str(fleet_dir), *rest]
+    else:
+        words = ["fleet", command, "--dir", str(fleet_dir), *rest]
+    result = run_cli(*words, timeout=timeout)
+    if "--json" in words and result.returncode == 0:
+        documented_json(words, result.stdout)
+    return result
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -105,15 +112,17 @@ class Fleet:
         cls, hub: FleetHub, path: Path, *extra: str, lattice: str = "default"
     ) -> Fleet:
         """``fleet init`` with the operator seed (self-hosted flow), then push the JWT."""
-        out = ok(run_cli(
+        words = [
             "fleet", "init", "--dir", str(path), "--hub", hub.client_url,
             "--creds", str(hub.client_creds), "--account", hub.app.public_key,
             "--leaf-url", hub.leaf_url, "--lattice", lattice, "--json",
             "--operator-seed", str(hub.operator_seed), "--account-jwt", str(hub.account_jwt),
             *extra,
-        ))  # fmt: skip
+        ]  # fmt: skip
+        printed = documented_json(words, ok(run_cli(*words)))
+        assert printed["account_jwt"] == str(hub.account_jwt)
         await hub.push_account()
-        fleet = cls(hub, path, json.loads(out))
+        fleet = cls(hub, path, printed)
         ok(fleet_cli("bootstrap-creds", "-o", str(fleet.bootstrap), fleet_dir=path))
         return fleet
 
@@ -223,11 +232,16 @@ def init_device(
 
 
 def enroll(fleet: Fleet, config: Path, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``lattice-edge enroll`` a device into ``fleet``."""
-    return run_cli(
+    """``lattice-edge enroll`` a device into ``fleet`` (``--json`` output checked as
+    :func:`fleet_cli` does)."""
+    words = [
         "enroll", "--url", fleet.hub.client_url, "--bootstrap-creds", str(fleet.bootstrap),
         "--token", token, "--config", str(config), *extra,
-    )  # fmt: skip
+    ]  # fmt: skip
+    result = run_cli(*words)
+    if "--json" in words and result.returncode == 0:
+        documented_json(words, result.stdout)
+    return result
 
 
 @contextlib.asynccontextmanager

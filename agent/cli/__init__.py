@@ -4,7 +4,8 @@ This package is the only place that imports click. Every command turns its optio
 library calls; errors from the library (:class:`agent.errors.LatticeEdgeError`) become one
 line on stderr and exit status 1, with the traceback only under ``--debug``. The commands
 live in modules by topic (``service``, ``actor``, ``actor_lattice``, ``trust``, ``logs``,
-``profiles``, ``keys``, ``completion``); ``docs/cli.md`` is generated from this tree
+``profiles``, ``keys``, ``completion``, ``fleet``, ``fleet_admin``, ``fleet_rollout``,
+``enroll``, ``firmware``); ``docs/cli.md`` is generated from this tree
 (``python -m agent.cli.docs``).
 """
 
@@ -19,6 +20,8 @@ import click
 
 from agent import __version__
 from agent.cli import actor_lattice as _actor_lattice  # noqa: F401  (adds start/stop/list/invoke)
+from agent.cli import fleet_admin as _fleet_admin  # noqa: F401  (adds token/devices/revoke)
+from agent.cli import fleet_rollout as _fleet_rollout  # noqa: F401  (adds deploy/status/…)
 from agent.cli.actor import actor
 from agent.cli.common import DEBUG, setup_logging
 from agent.cli.completion import completion

@@ -14,63 +14,91 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from agent.cli.common import config_option, host_port_option, load_or_none, setup_logging
-from agent.config import embedded_default
+from agent.cli.common import (
+    config_option,
+    echo_json,
+    host_port_option,
+    json_option,
+    load_config_for,
+    no_data_output,
+    setup_logging,
+    timeout_option,
+)
 
 if TYPE_CHECKING:
     from agent.lattice.client import LatticeClient
 
+__all__ = ["firmware"]
+
 IDLE_TIMEOUT_S = 120.0
 T = TypeVar("T")
+# What 'firmware info --json' always prints; the agent leaves out what an MCU that is not
+# answering cannot tell, and the CLI fills those in as null so the keys stay stable.
+INFO_KEYS = ("device", "transport", "where", "state", "reason", "updating", "link", "session",
+             "last_update", "error", "mcumgr", "app_info", "images", "stat_groups")  # fmt: skip
+# What the last line of 'firmware update --json' always has (a succeeded update).
+SUCCEEDED_KEYS = ("event", "device", "update_id", "version", "hash", "confirmed", "resumed_from",
+                  "seconds", "message")  # fmt: skip
 
 
 @click.group()
 def firmware() -> None:
-    """Microcontrollers on the firmware bridge: list, info, update, simulate."""
+    """List, inspect and update MCUs, or simulate one.
+
+    The MCUs are the [[firmware.devices]] of this host's config, which the running agent
+    reaches over serial or UDP with mcumgr's SMP (it owns the ports): list, info and
+    update ask the agent. simulate runs a stand-in MCU to try it all without hardware.
+    """
 
 
 # --- talking to the running agent ------------------------------------------------------
 
 
 def _on_local_host(
-    config_path: Path | None, work: Callable[[LatticeClient, str], Awaitable[T]]
+    config_path: Path | None, timeout: float, work: Callable[[LatticeClient, str], Awaitable[T]]
 ) -> T:
     """Run ``work`` with a lattice client on this device's leaf and the host's id."""
-    from agent.identity.host import load_host_keys
+    from agent.cli.service import local_host_id
     from agent.lattice.client import connect_local
 
-    config = load_or_none(config_path) or embedded_default()
-    host_id = load_host_keys(config.keys_dir).host_id
+    config = load_config_for(config_path)
+    host_id = local_host_id(config)
 
     async def go() -> T:
-        async with connect_local(config) as client:
+        async with connect_local(config, connect_timeout=min(timeout, 3.0)) as client:
             return await work(client, host_id)
 
     return asyncio.run(go())
 
 
 async def _request(
-    client: LatticeClient, subject: str, body: dict[str, Any], timeout: float = 30.0
-) -> dict[str, Any]:
-    """One request to a firmware endpoint; an error answer becomes a FirmwareError."""
+    client: LatticeClient, host_id: str, device: str | None, op: str, body: dict[str, Any],
+    timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """One request to a firmware endpoint of the host (of one of its devices, or the
+    bridge's own with ``device`` None); an error answer becomes a FirmwareError. Errors
+    speak of the agent and its config, not of subjects."""
     import nats.errors
 
     from agent.errors import AgentStateError, FirmwareError
 
+    subject = _subject(host_id, device, op)
+    what = f"firmware {op} request" + (f" for {device}" if device else "")
     try:
         reply = await client.nats.request(subject, json.dumps(body).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
-        raise AgentStateError(
-            f"nothing answers on {subject}: is the agent running, with that device configured?"
-        ) from None
+        raise AgentStateError(f"{_nobody_answers(device)}; 'lattice-edge status' says whether "
+                              "the agent runs") from None  # fmt: skip
     except (nats.errors.Error, TimeoutError) as exc:
-        raise AgentStateError(f"no answer on {subject}: {exc or 'timed out'}") from exc
+        raise AgentStateError(
+            f"the agent did not answer the {what} within {timeout:g} s (pass a longer --timeout)"
+        ) from exc
     try:
         answer = json.loads(reply.data)
     except ValueError as exc:
-        raise AgentStateError(f"the answer on {subject} is not JSON") from exc
+        raise AgentStateError(f"the agent's answer to the {what} is not JSON") from exc
     if not isinstance(answer, dict):
-        raise AgentStateError(f"the answer on {subject} is not a JSON object")
+        raise AgentStateError(f"the agent's answer to the {what} is not a JSON object")
     if "error" in answer:
         raise FirmwareError(str(answer["error"]))
     return answer
@@ -81,21 +109,45 @@ def _subject(host_id: str, device: str | None, op: str) -> str:
     return f"{base}.{op}" if device is None else f"{base}.{device}.{op}"
 
 
+def _nobody_answers(device: str | None) -> str:
+    """Why nothing answers (the bridge, or ``device``), in terms of the agent's config."""
+    if device is None:
+        return ("no firmware bridge answers: is the agent running, with a device in "
+                "[[firmware.devices]] of its config?")  # fmt: skip
+    return (f"no firmware device '{device}' answers: is the agent running, with that "
+            "device in [[firmware.devices]]? ('lattice-edge firmware list' shows "
+            "its devices)")  # fmt: skip
+
+
 # --- list / info -----------------------------------------------------------------------
 
 
 @firmware.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @config_option
-def firmware_list(as_json: bool, config_path: Path | None) -> None:
-    """List the MCUs of the local host and their states."""
+@timeout_option(5.0, "for the agent's answer")
+def firmware_list(as_json: bool, config_path: Path | None, timeout: float) -> None:
+    """List this host's MCUs and their states.
+
+    A device is online, connecting (its port is open, the MCU has not answered yet),
+    unresponsive (it stopped answering) or offline (its port cannot be opened); 'reason'
+    says why it is not online.
+
+    \b
+    Examples:
+      lattice-edge firmware list
+      lattice-edge firmware list --json
+
+    \b
+    JSON keys: host_id, devices
+    """
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
-        return await _request(client, _subject(host_id, None, "list"), {}, timeout=5)
+        return await _request(client, host_id, None, "list", {}, timeout)
 
-    answer = _on_local_host(config_path, work)
+    answer = _on_local_host(config_path, timeout, work)
     if as_json:
-        click.echo(json.dumps(answer, indent=2))
+        echo_json(answer)
         return
     for device in answer.get("devices", []):
         flag = "  (updating)" if device.get("updating") else ""
@@ -105,17 +157,32 @@ def firmware_list(as_json: bool, config_path: Path | None) -> None:
 
 @firmware.command("info")
 @click.argument("device")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @config_option
-def firmware_info(device: str, as_json: bool, config_path: Path | None) -> None:
-    """Show an MCU's mcumgr parameters, application info, image slots and stat groups."""
+@timeout_option(30.0, "for the agent's answer")
+def firmware_info(device: str, as_json: bool, config_path: Path | None, timeout: float) -> None:
+    """Show an MCU's state, images, mcumgr parameters and stats.
+
+    An online MCU is asked for its mcumgr parameters, application info, image slots and
+    stat groups; for one that is not answering those are null, and 'reason' (or 'error')
+    says why. 'link' and 'session' count the bridge's traffic with it.
+
+    \b
+    Examples:
+      lattice-edge firmware info sim0
+      lattice-edge firmware info sim0 --json
+
+    \b
+    JSON keys: device, transport, where, state, reason, updating, link, session,
+      last_update, error, mcumgr, app_info, images, stat_groups
+    """
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
-        return await _request(client, _subject(host_id, device, "info"), {}, timeout=30)
+        return await _request(client, host_id, device, "info", {}, timeout)
 
-    answer = _on_local_host(config_path, work)
+    answer = _on_local_host(config_path, timeout, work)
     if as_json:
-        click.echo(json.dumps(answer, indent=2))
+        echo_json({**dict.fromkeys(INFO_KEYS), **answer})
         return
     lines = [f"{answer['device']}: {answer['state']} ({answer['transport']} {answer['where']})"]
     if answer.get("error"):
@@ -143,21 +210,38 @@ def firmware_info(device: str, as_json: bool, config_path: Path | None) -> None:
 
 @firmware.command("update")
 @click.argument("device")
-@click.argument("image", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--no-confirm", is_flag=True, help="Leave the new image in test mode (it reverts "
               "at the next reset unless confirmed).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print progress as JSON lines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each step as a JSON line (the last line's keys are below).")  # fmt: skip
 @config_option
+@timeout_option(120.0, "for each answer of the agent")
 def firmware_update(
-    device: str, image: Path, no_confirm: bool, as_json: bool, config_path: Path | None
-) -> None:
-    """Update DEVICE with the signed MCUboot IMAGE through the running agent.
+    device: str, image: Path, no_confirm: bool, as_json: bool, config_path: Path | None,
+    timeout: float,
+) -> None:  # fmt: skip
+    """Update an MCU with a signed MCUboot image.
 
-    The agent checks the image against firmware.trusted_keys before sending any of it,
-    uploads it (resuming an interrupted upload), tests it, resets the MCU, watches it for
-    the health window and confirms it. Exit status 1 when it is refused, rolled back or lost.
+    The running agent checks IMAGE against firmware.trusted_keys before sending any of
+    it, uploads it to DEVICE (resuming an interrupted upload), tests it, resets the MCU,
+    watches it for the health window and confirms it. Exit status 1 when it is refused,
+    rolled back or lost.
+
+    With --json each step is printed as it happens, one JSON object per line whose
+    'event' is started, progress, failed or succeeded; the last line of an update that
+    succeeded has the keys below.
+
+    \b
+    Examples:
+      lattice-edge firmware update sim0 ./zephyr.signed.bin
+      lattice-edge firmware update sim0 ./zephyr.signed.bin --json
+
+    \b
+    JSON keys: event, device, update_id, version, hash, confirmed, resumed_from, seconds,
+      message
     """
-    data = image.read_bytes()
+    data = _read_image(image)
     show = _JsonProgress() if as_json else _BarProgress()
 
     async def work(client: LatticeClient, host_id: str) -> dict[str, Any]:
@@ -165,12 +249,29 @@ def firmware_update(
         # module bucket, as `actor start FILE` does, and is removed once the agent has it.
         ref = await client.upload_module(data)
         try:
-            return await _follow_update(client, host_id, device, ref, not no_confirm, show)
+            return await _follow_update(client, host_id, device, ref, not no_confirm, show,
+                                        timeout)  # fmt: skip
         finally:
             await _unstage(client, ref)
 
-    result = _on_local_host(config_path, work)
+    result = _on_local_host(config_path, timeout, work)
     show.finish(result)
+
+
+def _read_image(image: Path) -> bytes:
+    """The image file's bytes; one clear error when it cannot be an image."""
+    from agent.errors import ImageRejected
+    from firmware_bridge.image import MAX_IMAGE
+
+    try:
+        size = image.stat().st_size
+        if size > MAX_IMAGE:
+            raise ImageRejected(f"{image} is {size} bytes, over the {MAX_IMAGE}-byte limit",
+                                reason="malformed")  # fmt: skip
+        return image.read_bytes()
+    except OSError as exc:
+        raise ImageRejected(f"cannot read {image}: {exc.strerror or exc}",
+                            reason="malformed") from exc  # fmt: skip
 
 
 async def _unstage(client: LatticeClient, ref: str) -> None:
@@ -184,15 +285,16 @@ async def _unstage(client: LatticeClient, ref: str) -> None:
 
 
 async def _follow_update(
-    client: LatticeClient, host_id: str, device: str, ref: str, confirm: bool, show: Any
-) -> dict[str, Any]:
+    client: LatticeClient, host_id: str, device: str, ref: str, confirm: bool, show: Any,
+    timeout: float,
+) -> dict[str, Any]:  # fmt: skip
     from agent.errors import UpdateFailed
 
     kinds = ("firmware_update_progress", "firmware_update_succeeded", "firmware_update_failed")
     async with client.events(*kinds) as queue:
         answer = await _request(
-            client, _subject(host_id, device, "update"), {"image": ref, "confirm": confirm},
-            timeout=120,
+            client, host_id, device, "update", {"image": ref, "confirm": confirm},
+            timeout=timeout,
         )  # fmt: skip
         update_id = answer["update_id"]
         show.started(answer)
@@ -200,7 +302,7 @@ async def _follow_update(
             try:
                 event = await asyncio.wait_for(queue.get(), IDLE_TIMEOUT_S)
             except TimeoutError:
-                resolved = await _resolve(client, host_id, device, update_id)
+                resolved = await _resolve(client, host_id, device, update_id, timeout)
                 if resolved is None:
                     continue
                 event = resolved
@@ -223,12 +325,12 @@ async def _follow_update(
 
 
 async def _resolve(
-    client: LatticeClient, host_id: str, device: str, update_id: str
+    client: LatticeClient, host_id: str, device: str, update_id: str, timeout: float
 ) -> dict[str, Any] | None:
     """No event for a long time: ask the device's info how the update ended, if it did."""
     from agent.errors import AgentStateError
 
-    info = await _request(client, _subject(host_id, device, "info"), {}, timeout=30)
+    info = await _request(client, host_id, device, "info", {}, timeout)
     last = info.get("last_update") or {}
     if info.get("updating") or last.get("update_id") != update_id:
         if not info.get("updating"):
@@ -251,7 +353,9 @@ class _JsonProgress:
         click.echo(json.dumps({"event": "failed", **data}))
 
     def finish(self, result: dict[str, Any]) -> None:
-        click.echo(json.dumps({"event": "succeeded", **result}))
+        # An update resolved from the device's info (its events lost) knows less: the
+        # documented keys are there all the same, null when unknown.
+        click.echo(json.dumps({**dict.fromkeys(SUCCEEDED_KEYS), "event": "succeeded", **result}))
 
 
 class _BarProgress:
@@ -291,6 +395,7 @@ class _BarProgress:
 # --- simulate --------------------------------------------------------------------------
 
 
+@no_data_output("runs a simulated MCU in the foreground; it says where on stderr")
 @firmware.command("simulate")
 @click.option("--pty", "use_pty", is_flag=True, help="Serve on a pseudo-terminal (a UART).")
 @click.option("--udp", "udp", callback=host_port_option, default=None, metavar="HOST:PORT",
@@ -301,7 +406,8 @@ class _BarProgress:
               help="Public key (PEM) MCUboot checks new images against at boot.")  # fmt: skip
 @click.option("--version", "version", default="1.0.0", show_default=True,
               help="Version of the image the MCU starts with.")  # fmt: skip
-@click.option("--buf-size", type=click.IntRange(128, 8192), default=512, show_default=True)
+@click.option("--buf-size", type=click.IntRange(128, 8192), default=512, show_default=True,
+              help="The SMP buffer size the MCU reports (mcumgr's buf_size).")  # fmt: skip
 @click.option("--baud", type=click.IntRange(min=0), default=0, show_default=True,
               help="Emulated UART line rate on the pty (0: as fast as the pty goes).")  # fmt: skip
 @click.option(
@@ -315,12 +421,14 @@ class _BarProgress:
               help="Reboot once at this fraction of an upload (its state is lost).")  # fmt: skip
 @click.option("--disconnect-at", type=click.FloatRange(0, 1), default=None,
               help="Vanish once when an upload reaches this fraction (state kept).")  # fmt: skip
-@click.option("--vanish-s", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--vanish-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="How long --disconnect-at keeps it gone, in seconds.")  # fmt: skip
 @click.option("--never-confirm", is_flag=True,
               help="New images never confirm; their watchdog resets them.")  # fmt: skip
 @click.option("--reenumerate", is_flag=True,
               help="The pty vanishes and returns on every reset, like USB CDC-ACM.")  # fmt: skip
-@click.option("--boot-s", type=click.FloatRange(0), default=0.2, show_default=True)
+@click.option("--boot-s", type=click.FloatRange(0), default=0.2, show_default=True,
+              help="Seconds a reset takes before the MCU answers again.")  # fmt: skip
 @click.option("--seed", type=int, default=None, help="Seed for the fault dice.")
 def firmware_simulate(
     use_pty: bool, udp: str | None, link: Path | None, key: Path | None, version: str,
@@ -328,7 +436,17 @@ def firmware_simulate(
     disconnect_at: float | None, vanish_s: float, never_confirm: bool, reenumerate: bool,
     boot_s: float, seed: int | None,
 ) -> None:  # fmt: skip
-    """Run a simulated MCU (SMP server with MCUboot's two slots) until interrupted."""
+    """Run a simulated MCU until interrupted.
+
+    An SMP server with MCUboot's two image slots, on a pseudo-terminal (--pty, like a
+    UART) or on UDP (--udp); it prints the [[firmware.devices]] entry that reaches it. The
+    fault options make it drop, garble, reboot or vanish, to test the bridge against.
+
+    \b
+    Examples:
+      lattice-edge firmware simulate --pty
+      lattice-edge firmware simulate --udp 127.0.0.1:1337 --drop 0.1 --seed 7
+    """
     if use_pty == (udp is not None):
         raise click.UsageError("choose one of --pty or --udp HOST:PORT")
     from firmware_bridge import require

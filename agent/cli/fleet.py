@@ -1,25 +1,47 @@
-"""``lattice-edge fleet …``: make a fleet, mint its credentials and tokens, serve it, and
-list, revoke and (with the rollout) deploy to its devices. ``docs/fleet.md`` walks through it."""
+"""``lattice-edge fleet …``: make a fleet (``init``), mint its bootstrap credential and
+serve it, and what the other fleet commands share. Tokens, devices and revocation are in
+:mod:`agent.cli.fleet_admin`, the rollout (``deploy``, ``status`` …) in
+:mod:`agent.cli.fleet_rollout`. ``docs/fleet.md`` walks through it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from agent.cli.common import key_values_option, public_keys_option, setup_logging
+from agent.cli.common import (
+    echo_json,
+    json_option,
+    key_values_option,
+    no_data_output,
+    public_keys_option,
+    setup_logging,
+    timeout_option,
+)
 from agent.identity.keys import KeyKind
 
 if TYPE_CHECKING:
-    from agent.fleet.admin import AdminClient
+    from agent.errors import FleetRequestError
     from agent.fleet.fleetdir import FleetDir
 
-T = TypeVar("T")
+__all__ = [
+    "DURATION",
+    "admin_call",
+    "dir_option",
+    "fleet",
+    "fleet_timeout",
+    "in_our_words",
+    "label_option",
+    "load_fleet_dir",
+    "show",
+    "show_labels",
+    "when",
+]
 
 
 if TYPE_CHECKING:
@@ -70,40 +92,91 @@ def dir_option(command: Any) -> Any:
 label_option = click.option(
     "--label", "labels", multiple=True, callback=key_values_option, help="KEY=VALUE; repeatable."
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+# What every command that asks the fleet service waits (agent.fleet.request's default).
+fleet_timeout = timeout_option(10.0, "for the fleet service's answer")
 
 
-def _fleet(fleet_dir: Path | None) -> FleetDir:
+def load_fleet_dir(fleet_dir: Path | None) -> FleetDir:
+    """The fleet of ``--dir`` (or the default directory)."""
     from agent.fleet.fleetdir import default_fleet_dir, load_fleet
 
     return load_fleet((fleet_dir or default_fleet_dir()).expanduser())
 
 
-def _admin(fleet_dir: Path | None, work: Callable[[AdminClient], Awaitable[T]]) -> T:
+def admin_call(
+    fleet_dir: Path | None, op: str, args: dict[str, Any] | None = None, *, timeout: float
+) -> dict[str, Any]:
+    """One signed admin request to the fleet service; its reply.
+
+    The service's refusals and an absent service are reworded in terms of our commands
+    (not of the request's wire name or subject).
+    """
+    from agent.errors import FleetRequestError
     from agent.fleet.admin import admin_client
 
-    fleet = _fleet(fleet_dir)
+    fleet = load_fleet_dir(fleet_dir)
 
-    async def run() -> T:
+    async def run() -> dict[str, Any]:
         async with admin_client(fleet) as client:
-            return await work(client)
+            return await client.call(op, args, timeout=timeout)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except FleetRequestError as exc:
+        raise in_our_words(exc, op, fleet, timeout) from exc
 
 
-def _when(moment: object) -> str:
+def in_our_words(
+    exc: FleetRequestError, op: str, fleet: FleetDir, timeout: float | None
+) -> FleetRequestError:
+    """The fleet service's error for ``op``, in terms of our commands: an absent service
+    names 'fleet serve', a refusal loses the request's wire name (``token.revoke: …``).
+    ``timeout`` is the command's --timeout (None: it has none)."""
+    from agent.errors import FleetRequestError
+
+    serve = f"lattice-edge fleet serve --dir {fleet.path}"
+    message = str(exc).removeprefix(f"{op}: ")
+    if exc.reason == "no-service":
+        message = (f"no fleet service answers for fleet {fleet.fleet_id} on "
+                   f"{fleet.hub_urls[0]}; is '{serve}' running?")  # fmt: skip
+    elif exc.reason == "timeout":
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        longer = " (or pass a longer --timeout)" if timeout is not None else ""
+        message = (f"the fleet service of fleet {fleet.fleet_id} did not answer{within}; "
+                   f"is '{serve}' running?{longer}")  # fmt: skip
+    return FleetRequestError(message, code=exc.code, reason=exc.reason)
+
+
+def when(moment: object) -> str:
+    """A UNIX time as the tables show it (UTC), ``-`` for none."""
     if not isinstance(moment, int | float) or not moment:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(moment))
 
 
-def _print(data: Any, as_json: bool, text: Callable[[], str]) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text())
+def show(data: Any, as_json: bool, text: Callable[[], str]) -> None:
+    """``data`` as JSON with ``--json``, else the human-readable ``text()``."""
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(text())
+
+
+def show_labels(labels: dict[str, str] | None) -> str:
+    """Labels as the tables show them: ``k=v,k=v``, ``-`` for none."""
+    return ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or "-"
 
 
 @click.group()
 def fleet() -> None:
-    """Enroll devices into a fleet and roll actors out to them."""
+    """Make a fleet, enroll devices and roll actors out to them.
+
+    A fleet is a directory made by 'fleet init' (--dir; default $LATTICE_EDGE_FLEET_DIR,
+    else fleet/ beside this user's agent.toml) that holds the fleet's keys and its
+    credentials on the hub. 'fleet serve' runs the fleet service on the hub, which the
+    other commands talk to; devices join it with 'lattice-edge enroll'. docs/fleet.md
+    walks through it.
+    """
 
 
 # --- init ------------------------------------------------------------------------------------
@@ -187,8 +260,22 @@ def fleet_init(
     account_jwt: Path | None,
     as_json: bool,
 ) -> None:  # fmt: skip
-    """Create a fleet: scoped signing keys, admin key and fleet.toml; print the account's
-    signing key entries (or write them into --account-jwt)."""
+    """Create a fleet: signing keys, admin key and fleet.toml.
+
+    The fleet's account must carry the two scoped signing keys it makes (one for device
+    credentials, one for the bootstrap credential): it prints their entries and the nsc
+    commands that add them, or, for a self-hosted operator, --operator-seed and
+    --account-jwt write them into the account JWT (push that to the hub). The hub's
+    JetStream domain is asked from the hub unless --js-domain names it.
+
+    \b
+    Examples:
+      lattice-edge fleet init --hub tls://hub.example:4222 --creds fleet.creds --account ACCOUNT_KEY --leaf-url tls://hub.example:7422
+      lattice-edge fleet init --hub tls://hub.example:4222 --creds fleet.creds --account ACCOUNT_KEY --leaf-url tls://hub.example:7422 --json
+
+    \b
+    JSON keys: fleet, dir, account, signing_keys, nsc_commands, account_jwt
+    """  # noqa: E501
     from agent.errors import FleetDirError
     from agent.fleet.admin import discover_js_domain
     from agent.fleet.fleetdir import (
@@ -221,10 +308,9 @@ def fleet_init(
             account_jwt, operator_seed, account=account, signing_keys=tuple(result.signing_keys)
         )
     output = result.to_json()
-    if account_jwt is not None:
-        output["account_jwt"] = str(account_jwt)
+    output["account_jwt"] = str(account_jwt) if account_jwt is not None else None
     if as_json:
-        click.echo(json.dumps(output))
+        echo_json(output)
         return
     click.echo(json.dumps({"account": output["account"], "signing_keys": output["signing_keys"]},
                           indent=2))  # fmt: skip
@@ -253,90 +339,51 @@ def fleet_init(
     "--expires", type=DURATION, default=None, help="Lifetime of the credential (default: none)."
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@json_option
 def fleet_bootstrap_creds(
-    fleet_dir: Path | None, output: Path, expires: int | None, force: bool
+    fleet_dir: Path | None, output: Path, expires: int | None, force: bool, as_json: bool
 ) -> None:  # fmt: skip
-    """Write the bootstrap credential baked into the fleet's images: it can only enroll."""
+    """Write the enroll-only credential for the fleet's images.
+
+    The bootstrap credential can do one thing on the hub: ask the fleet service to
+    enroll a device with a token. Bake it into the devices' images for 'lattice-edge
+    enroll --bootstrap-creds'. Made from the fleet directory alone; the service need not
+    run.
+
+    \b
+    Examples:
+      lattice-edge fleet bootstrap-creds -o bootstrap.creds
+      lattice-edge fleet bootstrap-creds -o bootstrap.creds --expires 90d --json
+
+    \b
+    JSON keys: creds_file, user_key, fleet, expires_at
+    """
     from agent.errors import ConfigError
     from agent.fleet.admin import mint_bootstrap_creds
     from agent.identity import jwt
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
-    creds = mint_bootstrap_creds(_fleet(fleet_dir), expires)
+    fleet_config = load_fleet_dir(fleet_dir)
+    creds = mint_bootstrap_creds(fleet_config, expires)
     jwt.write_creds(output, creds)
-    click.echo(f"wrote {output} (user {creds.user_public_key})", err=True)
-
-
-# --- tokens ------------------------------------------------------------------------------------
-
-
-@fleet.group("token")
-def token() -> None:
-    """Single-use enrollment tokens."""
-
-
-@token.command("create")
-@dir_option
-@label_option
-@click.option(
-    "--expires",
-    type=DURATION,
-    default="24h",
-    show_default=True,
-    help="How long the tokens can be used.",
-)
-@click.option(
-    "--count",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="How many tokens to make.",
-)
-@json_option
-def token_create(
-    fleet_dir: Path | None, labels: dict[str, str], expires: int, count: int, as_json: bool
-) -> None:  # fmt: skip
-    """Create tokens bound to labels; each enrolls one device, once."""
-    args = {"labels": labels, "expires_in": expires, "count": count}
-    reply = _admin(fleet_dir, lambda c: c.call("token.create", args))
     if as_json:
-        click.echo(json.dumps(reply, indent=2))
+        echo_json(
+            {
+                "creds_file": str(output),
+                "user_key": creds.user_public_key,
+                "fleet": fleet_config.fleet_id,
+                "expires_at": jwt.decode(creds.jwt).claims.get("exp"),
+            }
+        )
         return
-    for item in reply["tokens"]:
-        click.echo(item["token"])
-
-
-@token.command("list")
-@dir_option
-@json_option
-def token_list(fleet_dir: Path | None, as_json: bool) -> None:
-    """List tokens (never their secrets)."""
-    reply = _admin(fleet_dir, lambda c: c.call("token.list"))
-
-    def text() -> str:
-        rows = [f"{'id':12} {'state':8} {'expires':19} {'labels':24} used by"]
-        for t in reply["tokens"]:
-            labels = ",".join(f"{k}={v}" for k, v in (t.get("labels") or {}).items())
-            rows.append(f"{t['id']:12} {t.get('state', '?'):8} {_when(t.get('expires_at')):19} "
-                        f"{labels or '-':24} {t.get('host_key') or '-'}")  # fmt: skip
-        return "\n".join(rows)
-
-    _print(reply, as_json, text)
-
-
-@token.command("revoke")
-@dir_option
-@click.argument("token_id")
-def token_revoke(fleet_dir: Path | None, token_id: str) -> None:
-    """Revoke an unused token."""
-    _admin(fleet_dir, lambda c: c.call("token.revoke", {"id": token_id}))
-    click.echo(f"revoked token {token_id}", err=True)
+    click.echo(f"wrote {output} (user {creds.user_public_key})", err=True)
 
 
 # --- serve -------------------------------------------------------------------------------------
 
 
+@no_data_output("runs the fleet service in the foreground; its log is the output")
 @fleet.command("serve")
 @dir_option
 @click.option(
@@ -344,191 +391,26 @@ def token_revoke(fleet_dir: Path | None, token_id: str) -> None:
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="What the service logs on stderr.",
 )
 def fleet_serve(fleet_dir: Path | None, log_level: str) -> None:
-    """Run the fleet service (enrollment, renewal, admin, rollout) until SIGTERM."""
+    """Run the fleet service until SIGTERM or SIGINT.
+
+    The service answers enrollment, renewal and the admin commands on the hub, and rolls
+    deployments out. Several may run at once for one fleet (they share its state on the
+    hub's JetStream).
+
+    \b
+    Examples:
+      lattice-edge fleet serve
+      lattice-edge fleet serve --dir /srv/fleet --log-level debug
+    """
     from agent.fleet.service import run_service
 
-    fleet_config = _fleet(fleet_dir)
+    fleet_config = load_fleet_dir(fleet_dir)
     setup_logging(log_level)
 
     def ready(fleet_id: str) -> None:
         click.echo(f"fleet {fleet_id} serving on {', '.join(fleet_config.hub_urls)}", err=True)
 
     asyncio.run(run_service(fleet_config, on_ready=ready))
-
-
-# --- devices and revocation --------------------------------------------------------------------
-
-
-@fleet.command("devices")
-@dir_option
-@json_option
-def fleet_devices(fleet_dir: Path | None, as_json: bool) -> None:
-    """List enrolled devices."""
-    reply = _admin(fleet_dir, lambda c: c.call("devices"))
-
-    def text() -> str:
-        rows = [f"{'host key':56} {'name':16} {'enrolled':19} {'renewed':19} "
-                f"{'expires':19} revoked labels"]  # fmt: skip
-        for d in reply["devices"]:
-            labels = ",".join(f"{k}={v}" for k, v in (d.get("labels") or {}).items())
-            rows.append(
-                f"{d['host_key']:56} {(d.get('name') or '-')[:16]:16} "
-                f"{_when(d.get('enrolled_at')):19} {_when(d.get('last_renew')):19} "
-                f"{_when(d.get('credential_expires')):19} {'yes' if d.get('revoked') else 'no':7} "
-                f"{labels or '-'}"
-            )
-        return "\n".join(rows)
-
-    _print(reply, as_json, text)
-
-
-@fleet.command("revoke")
-@dir_option
-@click.argument("host_key")
-@click.option(
-    "--operator-seed",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: its seed, to re-sign --account-jwt.",
-)
-@click.option(
-    "--account-jwt",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: the account JWT file to add the revocation to.",
-)
-def fleet_revoke(
-    fleet_dir: Path | None, host_key: str, operator_seed: Path | None, account_jwt: Path | None
-) -> None:  # fmt: skip
-    """Refuse a device's renewals now and revoke its user keys in the account."""
-    from agent.errors import FleetDirError
-    from agent.fleet.fleetdir import resign_account_file
-
-    if (operator_seed is None) != (account_jwt is None):
-        raise FleetDirError("--operator-seed and --account-jwt go together")
-    fleet_config = _fleet(fleet_dir)
-    reply = _admin(fleet_dir, lambda c: c.call("revoke", {"host_key": host_key}))
-    users: list[str] = reply["user_keys"]
-    moment = int(time.time())
-    click.echo(f"revoked {host_key}: its renewals are refused from now on", err=True)
-    if operator_seed is not None and account_jwt is not None:
-        resign_account_file(
-            account_jwt, operator_seed, account=fleet_config.account,
-            revocations=dict.fromkeys(users, moment),
-        )  # fmt: skip
-        click.echo(f"wrote the re-signed account JWT to {account_jwt}; push it to the hub",
-                   err=True)  # fmt: skip
-        return
-    click.echo("# revoke its credentials in the account too (FLEET_ACCOUNT = its nsc name):")
-    for user in users:
-        click.echo(
-            f'nsc revocations add-user --account "$FLEET_ACCOUNT" --user-public-key {user} --at 0'
-        )
-    click.echo('nsc push --account "$FLEET_ACCOUNT"')
-
-
-# --- rollout -----------------------------------------------------------------------------------
-
-
-@fleet.command("deploy")
-@dir_option
-@click.argument("name")
-@click.argument("module", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option(
-    "--selector",
-    "selector",
-    multiple=True,
-    callback=key_values_option,
-    help="K=V: run on hosts with this label; repeatable (all must match).",
-)
-@click.option(
-    "--count",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Instances on each matching host.",
-)
-@click.option(
-    "--max-unavailable",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="Hosts updated at once when the module changes.",
-)
-@json_option
-def fleet_deploy(
-    fleet_dir: Path | None, name: str, module: Path, selector: dict[str, str], count: int,
-    max_unavailable: int, as_json: bool,
-) -> None:  # fmt: skip
-    """Run MODULE as NAME on every host matching the selector (deploy again to update)."""
-    from agent.errors import ModuleFormatError
-    from agent.fleet.deploy import deploy
-    from agent.lattice.refs import MAX_MODULE_BYTES
-
-    fleet_config = _fleet(fleet_dir)
-    if module.stat().st_size > MAX_MODULE_BYTES:
-        raise ModuleFormatError(f"{module} is larger than {MAX_MODULE_BYTES} bytes")
-    data = module.read_bytes()
-    reply = asyncio.run(deploy(fleet_config, name, data, selector=selector, count=count,
-                               max_unavailable=max_unavailable))  # fmt: skip
-    record = reply["deployment"]
-
-    def text() -> str:
-        what = "deployed" if reply.get("changed") else "unchanged:"
-        where = ",".join(f"{k}={v}" for k, v in record["selector"].items()) or "every host"
-        return (f"{what} {record['name']} version {record['version']} ({record['actor_id']}, "
-                f"sha256 {record['sha256'][:16]}) x{record['count']} on {where}")  # fmt: skip
-
-    _print(reply, as_json, text)
-
-
-@fleet.command("undeploy")
-@dir_option
-@click.argument("name")
-def fleet_undeploy(fleet_dir: Path | None, name: str) -> None:
-    """Stop NAME on every host."""
-    reply = _admin(fleet_dir, lambda c: c.call("undeploy", {"name": name}))
-    click.echo(f"undeployed {name} (version {reply['deployment']['version']})", err=True)
-
-
-@fleet.command("deployments")
-@dir_option
-@json_option
-def fleet_deployments(fleet_dir: Path | None, as_json: bool) -> None:
-    """List deployments."""
-    reply = _admin(fleet_dir, lambda c: c.call("deployments"))
-
-    def text() -> str:
-        rows = [f"{'name':20} {'ver':>4} {'state':8} {'count':>5} {'sha256':16} selector"]
-        for d in reply["deployments"]:
-            selector = ",".join(f"{k}={v}" for k, v in d["selector"].items()) or "*"
-            rows.append(f"{d['name']:20} {d['version']:>4} {d['state']:8} {d['count']:>5} "
-                        f"{d['sha256'][:16]:16} {selector}")  # fmt: skip
-        return "\n".join(rows)
-
-    _print(reply, as_json, text)
-
-
-@fleet.command("status")
-@dir_option
-@click.argument("name")
-@json_option
-def fleet_status(fleet_dir: Path | None, name: str, as_json: bool) -> None:
-    """Per matching host: running, pending, failed, or never seen."""
-    reply = _admin(fleet_dir, lambda c: c.call("status", {"name": name}))
-
-    def text() -> str:
-        d = reply["deployment"]
-        rows = [f"{d['name']} version {d['version']} ({d['state']}), sha256 {d['sha256'][:16]}",
-                f"{'host':56} {'name':14} {'state':10} {'inst':>4} {'sha256':16} {'since':19} "
-                "detail"]  # fmt: skip
-        for h in reply["hosts"]:
-            detail = h.get("error") or h.get("reason") or ""
-            rows.append(f"{h['host_id']:56} {(h.get('name') or '-')[:14]:14} {h['state']:10} "
-                        f"{h.get('instances') or 0:>4} {(h.get('sha256') or '-')[:16]:16} "
-                        f"{_when(h.get('since')):19} {detail}")  # fmt: skip
-        return "\n".join(rows)
-
-    _print(reply, as_json, text)

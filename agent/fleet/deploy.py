@@ -58,13 +58,20 @@ async def deploy(
     max_unavailable: int,
 ) -> dict[str, Any]:
     """Check, upload and record a deployment; the service's reply."""
-    from agent.errors import ModuleError
+    from agent.errors import ModuleError, UntrustedIssuerError
     from agent.fleet.admin import admin_client
     from agent.fleet.deployments import check_name
 
     check_name(name)
     try:
         admitted = admit_for_fleet(fleet, module)
+    except UntrustedIssuerError as exc:
+        # Admission's hint ("trust add") is for one device; a fleet trusts in fleet.toml.
+        raise UntrustedIssuerError(
+            f"the fleet's devices would refuse this module: its issuer {exc.issuer} is not "
+            f"one of the fleet's trusted issuers (fleet init --trust-issuer, in "
+            f"{fleet.path / 'fleet.toml'})"
+        ) from exc
     except ModuleError as exc:
         refusal = type(exc)(f"the fleet's devices would refuse this module: {exc}")
         raise refusal from exc

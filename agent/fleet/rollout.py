@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import FleetStoreError, LatticeEdgeError
+from agent.errors import CommandRefused, FleetStoreError, LatticeEdgeError
 from agent.fleet.deployments import ANNOTATION, VERSION_ANNOTATION, Deployment, labels_match
 from agent.fleet.inventory import ActorSeen, parse_inventory, sha_of
 from agent.fleet.registrar import failpoint
@@ -51,6 +51,8 @@ INVENTORY_TIMEOUT_S = 3.0
 AUCTION_WAIT_S = 1.0
 MAX_EVENT_BYTES = 256 * 1024
 RETRY_INITIAL_S = 2.0
+# How a host's refusal of `upd` is recorded, so the next try stops and starts instead.
+UPD_REFUSED = "upd refused"
 _EVENT_PREFIX = "com.wasmcloud.lattice."
 
 
@@ -392,7 +394,7 @@ class Reconciler:
                     lease=False,
                 )
                 return
-            if str(value.get("error") or "").startswith("upd refused"):
+            if str(value.get("error") or "").startswith(UPD_REFUSED):
                 # A host without `upd`: stop the old module, start the new one.
                 stop = {"actor_id": current.actor_id, "actor_ref": current.image_ref, "count": 0}
                 start = {"actor_ref": deployment.actor_ref, "host_id": host_id,
@@ -521,8 +523,11 @@ class Reconciler:
             try:
                 await client.command(host_id, verb, body)
             except LatticeEdgeError as exc:
+                error = str(exc)
+                if isinstance(exc, CommandRefused) and exc.op == "upd":
+                    error = f"{UPD_REFUSED}: {exc.reason}"  # the next try stops and starts
                 fresh = await self.records.status(deployment, host_id)
-                await self._failed(fresh, deployment, host_id, str(exc), attempts, now)
+                await self._failed(fresh, deployment, host_id, error, attempts, now)
                 return
         logger.info("%s v%d: %s on %s", deployment.name, deployment.version, op, host_id)
         asyncio.get_running_loop().call_later(self.lease_s + 0.5, self.mark, host_id)

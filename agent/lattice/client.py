@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
-from agent.errors import AgentStateError, LatticeEdgeError
+from agent.errors import AgentStateError, CommandRefused, LatticeEdgeError
 from agent.identity.keys import KeyPair
 from agent.lattice import subjects
 from agent.lattice.invocation import (
@@ -260,7 +260,7 @@ class LatticeClient:
         )  # fmt: skip
         if not isinstance(ack, dict) or not ack.get("accepted"):
             error = ack.get("error") if isinstance(ack, dict) else ack
-            raise LatticeEdgeError(f"the host refused to {what}: {error}")
+            raise CommandRefused(f"the host refused to {what}: {error}", op=op, reason=str(error))
 
     @contextlib.asynccontextmanager
     async def events(self, *types: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:

@@ -6,6 +6,11 @@ not) and give a ``--json`` example; this test runs every such example, as writte
 docstring and in docs/cli.md, against a running agent, and checks the output's top-level
 keys against the docstring's ``JSON keys:`` line. A placeholder this test does not know
 fails loudly.
+
+A command whose examples need parts this test does not start (a hub with a fleet service,
+a fleet directory, an MCU) is listed in ``RUN_ELSEWHERE`` with what it needs and the test
+that runs it against those parts and checks its keys the same way
+(``cli_testing.assert_documented_keys``). A new command is run here unless it is listed.
 """
 
 from __future__ import annotations
@@ -19,18 +24,41 @@ from pathlib import Path
 
 import click
 import pytest
+from cli_testing import documented_json
 from click.testing import CliRunner
 from lattice_testing import AgentProcess, free_port, run_cli
 
 from agent.cli import cli
-from agent.cli.common import DEBUG, examples_of, json_keys_of
+from agent.cli.common import DEBUG, examples_of
 from agent.cli.docs import walk
 from agent.identity.keys import KeyKind, generate, write_seed_file
 from agent.identity.wascap import sign_module
 
 pytestmark = pytest.mark.integration
 
-ECHO = Path(__file__).resolve().parents[1] / "fixtures" / "guests" / "echo.wasm"
+REPO = Path(__file__).resolve().parents[2]
+ECHO = REPO / "tests" / "fixtures" / "guests" / "echo.wasm"
+
+_FLEET = "a fleet directory ('fleet init') and its service ('fleet serve') on a hub"
+# command -> (what its examples need that a lone agent does not have, the test that runs
+# it with --json against those parts and checks its keys)
+RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
+    "fleet init": ("the fleet service's credentials on a hub", "tests/unit/test_fleet_cli.py"),
+    "fleet bootstrap-creds": ("a fleet directory ('fleet init')", "tests/unit/test_fleet_cli.py"),
+    "fleet token create": (_FLEET, "tests/integration/test_fleet_enroll.py"),
+    "fleet token list": (_FLEET, "tests/integration/test_fleet_enroll.py"),
+    "fleet token revoke": (_FLEET, "tests/integration/test_fleet_enroll.py"),
+    "fleet devices": (_FLEET, "tests/integration/test_fleet_enroll.py"),
+    "fleet revoke": (_FLEET + " with an enrolled device", "tests/integration/test_fleet_enroll.py"),
+    "fleet deploy": (_FLEET, "tests/integration/test_fleet_rollout.py"),
+    "fleet undeploy": (_FLEET, "tests/integration/test_fleet_rollout.py"),
+    "fleet deployments": (_FLEET, "tests/integration/test_fleet_rollout.py"),
+    "fleet status": (_FLEET, "tests/integration/test_fleet_rollout.py"),
+    "enroll": ("a fleet service on a hub and a token", "tests/integration/test_fleet_enroll.py"),
+    "firmware list": ("an MCU in [[firmware.devices]]", "tests/integration/test_firmware_agent.py"),
+    "firmware info": ("an MCU in [[firmware.devices]]", "tests/integration/test_firmware_agent.py"),
+    "firmware update": ("an MCU and a signed image", "tests/integration/test_firmware_agent.py"),
+}
 
 
 @pytest.fixture
@@ -43,10 +71,11 @@ def restore_logging() -> Iterator[None]:
     DEBUG["enabled"] = debug
 
 
-def _json_examples() -> list[tuple[str, click.Command]]:
+def _json_examples(*, elsewhere: bool = False) -> list[tuple[str, click.Command]]:
+    """The --json examples this test runs (or, with ``elsewhere``, those it leaves out)."""
     found = []
-    for _, command in walk(cli):
-        if isinstance(command, click.Group):
+    for path, command in walk(cli):
+        if isinstance(command, click.Group) or (" ".join(path[1:]) in RUN_ELSEWHERE) != elsewhere:
             continue
         found += [(e, command) for e in examples_of(command) if "--json" in shlex.split(e)]
     # what stops or removes things goes last, so the rest find them in place
@@ -91,22 +120,25 @@ def test_every_json_example_prints_its_documented_keys(
 
     examples = _json_examples()
     assert len(examples) >= 18  # every data command of today's tree, at least
-    for example, command in examples:
+    for example, _command in examples:
         words = [placeholders.get(word, word) for word in shlex.split(example)]
         unknown = [w for w in words if w.isupper() and w.replace("_", "").isalpha() and len(w) > 2]
         assert not unknown, f"{example!r}: no value for placeholder {unknown}"
         result = CliRunner().invoke(cli, words[1:], catch_exceptions=True)
         assert result.exit_code == 0, f"{example!r} failed: {result.output} {result.exception!r}"
-        try:
-            output = json.loads(result.stdout)
-        except ValueError:
-            pytest.fail(f"{example!r} did not print JSON: {result.stdout!r}")
-        documented = json_keys_of(command)
-        assert documented is not None
-        keys, is_list = documented
-        rows = output if is_list else [output]
-        assert isinstance(rows, list) and rows, f"{example!r}: {output!r}"
-        for row in rows:
-            assert isinstance(row, dict), f"{example!r}: {row!r}"
-            assert sorted(row) == sorted(keys), f"{example!r} keys differ from its docstring"
+        documented_json(words, result.stdout)
     assert agent.terminate() == 0
+
+
+def test_the_examples_left_out_here_are_run_where_their_parts_are() -> None:
+    left_out = {" ".join(command_path) for command_path in _paths(_json_examples(elsewhere=True))}
+    assert left_out == set(RUN_ELSEWHERE), (
+        f"RUN_ELSEWHERE names commands without a --json example: {set(RUN_ELSEWHERE) - left_out}"
+    )
+    for command, (needs, test_file) in RUN_ELSEWHERE.items():
+        assert needs and (REPO / test_file).is_file(), f"{command}: no test {test_file}"
+
+
+def _paths(examples: list[tuple[str, click.Command]]) -> set[tuple[str, ...]]:
+    paths = {command: path[1:] for path, command in walk(cli)}
+    return {paths[command] for _, command in examples}

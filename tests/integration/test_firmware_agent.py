@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_testing import assert_documented_keys, documented_json
 from firmware_testing import SigningKey, make_key, sign_image
 from lattice_testing import CLI, AgentProcess, run_cli, stop_process, wait_until
 
@@ -59,7 +60,19 @@ def mapped_libraries(pid: int) -> str:
 def firmware_cli(
     config: Path, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli("firmware", *args, "--config", str(config), timeout=timeout)
+    """``lattice-edge firmware ARGS --config CONFIG``; with ``--json``, what a successful run
+    printed has the keys its docstring documents (for ``update``, its last line: the others
+    are its progress)."""
+    words = ["firmware", *args, "--config", str(config)]
+    result = run_cli(*words, timeout=timeout)
+    if "--json" in words and result.returncode == 0:
+        if args[0] == "update":
+            lines = [json.loads(line) for line in result.stdout.splitlines()]
+            assert all(line["event"] for line in lines), lines
+            assert_documented_keys(words, lines[-1])
+        else:
+            documented_json(words, result.stdout)
+    return result
 
 
 @contextlib.asynccontextmanager
@@ -145,9 +158,9 @@ def test_without_firmware_devices_the_bridge_is_not_loaded(
     maps = mapped_libraries(agent.process.pid)
     assert "_cbor2" not in maps and "pydantic_core" not in maps
     listed = firmware_cli(config, "list")
-    assert listed.returncode == 1 and "is the agent running, with that device configured" in (
-        listed.stderr
-    )
+    assert listed.returncode == 1 and "no firmware bridge answers" in listed.stderr
+    assert "with a device in [[firmware.devices]]" in listed.stderr
+    assert "Traceback" not in listed.stderr and "lattice-edge.firmware" not in listed.stderr
     assert agent.terminate() == 0
 
 

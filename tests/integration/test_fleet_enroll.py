@@ -87,7 +87,10 @@ async def test_two_devices_enroll_join_the_hub_and_stay_in_their_lanes(
         assert beat["source"] == host_a and beat["data"]["labels"]["site"] == "a"
     # Device B is enrolled first, then started.
     config_b, data_b, host_b, _ = init_device(tmp_path, "dev-b")
-    assert ok(enroll(fleet, config_b, token_b)).strip() == host_b
+    enrolled = json.loads(ok(enroll(fleet, config_b, token_b, "--json")))
+    assert enrolled["host_id"] == host_b and enrolled["fleet"] == fleet.fleet_id
+    assert enrolled["labels"] == {"site": "b"} and enrolled["agent_pid"] is None
+    assert enrolled["config"] == str(config_b) and enrolled["leaf_urls"] == [fleet_hub.leaf_url]
     agent_b = agent_factory(config_b, data_b).start()
     agent_b.wait_ready()
 
@@ -201,8 +204,14 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     foreign = other.token()
     assert "is for fleet" in one_error_line(enroll(fleet, config_d, foreign))
     assert "malformed" in one_error_line(enroll(fleet, config_d, "LE1.nonsense"))
-    withdrawn = fleet.token()
-    ok(fleet_cli("token", "revoke", withdrawn.split(".")[2], fleet_dir=fleet.path))
+    created = json.loads(ok(fleet_cli("token", "create", "--count", "2", "--json",
+                                      fleet_dir=fleet.path)))  # fmt: skip
+    withdrawn, _spare = (item["token"] for item in created["tokens"])
+    token_id = withdrawn.split(".")[2]
+    revoked = json.loads(ok(fleet_cli("token", "revoke", token_id, "--json",
+                                      fleet_dir=fleet.path)))  # fmt: skip
+    assert revoked["token"]["id"] == token_id and revoked["token"]["state"] == "revoked"
+    assert "secret_sha256" not in revoked["token"]
     assert "was revoked" in one_error_line(enroll(fleet, config_d, withdrawn))
     assert not (data_d / "keys" / "upstream.creds").exists()
     assert config_d.read_text() == before
@@ -219,6 +228,10 @@ async def test_replayed_expired_forged_and_foreign_tokens_each_get_one_clear_err
     assert "user_jwt" in await enroll_by_hand(fleet, fresh)
     states = {t["id"]: t["state"] for t in fleet.tokens()}
     assert states[fresh.split(".")[2]] == "spent"
+    # A spent token cannot be revoked; the refusal speaks of our commands, not of the
+    # admin request's wire name.
+    line = one_error_line(fleet_cli("token", "revoke", fresh.split(".")[2], fleet_dir=fleet.path))
+    assert "already used" in line and "token.revoke" not in line, line
     assert states[expiring.split(".")[2]] == "unused"
 
 
@@ -242,12 +255,13 @@ async def test_devices_renew_at_half_life_and_a_revoked_one_is_refused(
     agent_v.wait_ready()
     await wait_for_hosts(fleet_hub.client_url, fleet_hub.client_creds, {host_r, host_v})
 
-    revoked = run_cli(
-        "fleet", "revoke", host_v, "--dir", str(fleet.path),
-        "--operator-seed", str(fleet_hub.operator_seed),
-        "--account-jwt", str(fleet_hub.account_jwt),
-    )  # fmt: skip
-    assert revoked.returncode == 0, revoked.stderr
+    revoked = json.loads(ok(fleet_cli(
+        "revoke", host_v, "--operator-seed", str(fleet_hub.operator_seed),
+        "--account-jwt", str(fleet_hub.account_jwt), "--json", fleet_dir=fleet.path,
+    )))  # fmt: skip
+    assert revoked["device"]["host_key"] == host_v and revoked["device"]["revoked"] is True
+    assert revoked["account_jwt"] == str(fleet_hub.account_jwt) and revoked["nsc_commands"] == []
+    assert revoked["user_keys"] == [revoked["device"]["user_key"]]
 
     def renewed() -> dict[str, object] | None:
         claims = jwt.decode(jwt.read_creds(data_r / "keys" / "upstream.creds").jwt).claims

@@ -208,7 +208,8 @@ async def test_deploy_reaches_matching_hosts_late_and_offline_ones_converge_and_
 
     row = wait_until(failed, 30, "solo to fail on b1", step=0.5)
     assert "not in trusted_issuers" in row["error"], row
-    ok(fleet_cli("undeploy", "solo", fleet_dir=fleet.path))
+    undone = json.loads(ok(fleet_cli("undeploy", "solo", "--json", fleet_dir=fleet.path)))
+    assert undone["changed"] is True and undone["deployment"]["state"] == "deleted"
 
     # A new version rolls out one host at a time; serve is killed with -9 half-way, holding
     # the update slot and a host's lease.

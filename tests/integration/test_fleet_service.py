@@ -19,6 +19,7 @@ from fleet_testing import (
     connected,
     enroll,
     enroll_by_hand,
+    fleet_cli,
     init_device,
     ok,
     one_error_line,
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lattice_testing import CLI, wait_until
 
+from agent.fleet import subjects
 from agent.fleet.registrar import FAILPOINT_ENV
 from agent.identity.keys import KeyKind, generate
 from agent.leaf.binary import find_nats_server
@@ -95,6 +97,23 @@ async def test_two_serve_instances_never_spend_a_token_twice(
         sum(e["num_requests"] for e in s["endpoints"] if e["name"] == "enroll") for s in stats
     ]
     assert all(n > 0 for n in served) and sum(served) == 36, served
+
+
+async def test_without_an_answering_service_the_commands_say_which_to_start(
+    tmp_path: Path, fleet_hub: FleetHub
+) -> None:
+    fleet = await Fleet.create(fleet_hub, tmp_path / "fleet")
+    serve_it = f"is 'lattice-edge fleet serve --dir {fleet.path}' running?"
+    absent = one_error_line(fleet_cli("devices", fleet_dir=fleet.path))
+    assert f"no fleet service answers for fleet {fleet.fleet_id}" in absent and serve_it in absent
+    # Something holds the subject but never answers: --timeout bounds the wait.
+    async with connected(fleet_hub.client_url, fleet_hub.client_creds) as silent:
+        await silent.subscribe(subjects.admin(fleet.fleet_id, "token.list"))
+        await silent.flush()
+        hung = fleet_cli("token", "list", "--timeout", "0.5", fleet_dir=fleet.path, timeout=20)
+    line = one_error_line(hung)
+    assert "did not answer within 0.5 s" in line and serve_it in line, line
+    assert "token.list" not in line and "--timeout" in line
 
 
 # --- fuzzing -----------------------------------------------------------------------------------

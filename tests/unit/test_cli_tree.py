@@ -14,21 +14,28 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from agent.cli import cli
 from agent.cli.common import examples_of, json_keys_of
 from agent.cli.docs import context_for, render, walk
+from agent.fleet.tokens import new_token
 from agent.identity.keys import KeyKind, generate
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = list(walk(cli))
 LEAVES = [(path, command) for path, command in COMMANDS if not isinstance(command, click.Group)]
+GROUPS = [(path, command) for path, command in COMMANDS if isinstance(command, click.Group)]
 
 # What the examples' placeholders stand for when they are parsed (the JSON test runs them
 # with real ones); an example with another upper-case word fails here.
+_TOKEN = new_token("AAAAAAAAAAAA")
 PLACEHOLDERS = {
     "ACCOUNT_KEY": generate(KeyKind.ACCOUNT).public_key,
     "ACTOR_KEY": generate(KeyKind.MODULE).public_key,
+    "HOST_KEY": generate(KeyKind.SERVER).public_key,
+    "TOKEN": str(_TOKEN),
+    "TOKEN_ID": _TOKEN.token_id,
 }
 
 
@@ -52,6 +59,16 @@ def test_every_summary_is_a_whole_sentence_that_fits(
     if len(path) > 1:
         # what a group's command list shows: click cuts a longer one with '...'
         assert command.get_short_help_str(limit=60) == summary
+
+
+@pytest.mark.parametrize("item", GROUPS, ids=_id)
+def test_every_group_lists_its_commands_uncut(item: tuple[tuple[str, ...], click.Command]) -> None:
+    path, _ = item
+    # what '--help' shows on an 80-column terminal: click cuts to fit the longest name
+    shown = CliRunner().invoke(cli, [*path[1:], "--help"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    listing = shown.output.split("Commands:")[1]
+    assert "..." not in listing, f"a summary is cut in '{' '.join(path)} --help':{listing}"
 
 
 @pytest.mark.parametrize("item", LEAVES, ids=_id)

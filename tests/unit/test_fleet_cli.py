@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from cli_testing import documented_json
 from lattice_testing import run_cli
 
 from agent.identity import jwt
@@ -54,11 +55,12 @@ def test_init_with_an_operator_seed_rewrites_the_account_jwt(tmp_path: Path) -> 
     seed.write_text(operator.seed + "\n")
     account_jwt = tmp_path / "account.jwt"
     account_jwt.write_text(jwt.encode(jwt.account_claims(account_key, "APP"), operator))
-    result = run_cli(*init_args(tmp_path, account_key, creds, "--dir", str(tmp_path / "f"),
-                                "--json", "--operator-seed", str(seed),
-                                "--account-jwt", str(account_jwt)))  # fmt: skip
+    words = init_args(tmp_path, account_key, creds, "--dir", str(tmp_path / "f"), "--json",
+                      "--operator-seed", str(seed), "--account-jwt", str(account_jwt))  # fmt: skip
+    result = run_cli(*words)
     assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
+    printed = documented_json(words, result.stdout)
+    assert printed["account_jwt"] == str(account_jwt) and printed["dir"] == str(tmp_path / "f")
     claims = jwt.verify(account_jwt.read_text().strip(), issuer_kind=KeyKind.OPERATOR).claims
     assert claims["nats"]["signing_keys"] == printed["signing_keys"]
     half = run_cli(*init_args(tmp_path, account_key, creds, "--dir", str(tmp_path / "g"),
@@ -75,11 +77,16 @@ def test_commands_without_a_fleet_or_a_service_say_so(tmp_path: Path) -> None:
     bad = run_cli("fleet", "token", "create", "--dir", str(fleet_dir), "--expires", "1w")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
     boot = tmp_path / "boot.creds"
-    made = run_cli("fleet", "bootstrap-creds", "--dir", str(fleet_dir), "-o", str(boot),
-                   "--expires", "30d")  # fmt: skip
+    words = ["fleet", "bootstrap-creds", "--dir", str(fleet_dir), "-o", str(boot), "--expires",
+             "30d", "--json"]  # fmt: skip
+    made = run_cli(*words)
     assert made.returncode == 0, made.stderr
+    printed = documented_json(words, made.stdout)
     claims = jwt.decode(jwt.read_creds(boot).jwt).claims
     assert claims["name"].startswith("bootstrap-") and claims["exp"] - claims["iat"] == 30 * 86400
+    assert printed["creds_file"] == str(boot) and printed["user_key"] == claims["sub"]
+    assert printed["expires_at"] == claims["exp"]
+    assert claims["name"] == f"bootstrap-{printed['fleet']}"
     assert boot.stat().st_mode & 0o777 == 0o600
     again = run_cli("fleet", "bootstrap-creds", "--dir", str(fleet_dir), "-o", str(boot))
     assert again.returncode == 1 and "pass --force" in again.stderr
