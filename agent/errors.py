@@ -208,7 +208,9 @@ class SignatureError(ClaimsError):
 class UntrustedIssuerError(ClaimsError):
     """The wascap JWT was issued by an account that is not trusted (``issuer``, if known)."""
 
-    issuer: str = ""
+    def __init__(self, message: str, *, issuer: str = ""):
+        self.issuer = issuer
+        super().__init__(message)
 
 
 class ClaimsExpiredError(ClaimsError):

@@ -30,6 +30,7 @@ from agent.errors import (
     SMPFrameError,
 )
 from agent.lattice.refs import parse_ref
+from agent.logs import escape
 from firmware_bridge import events
 from firmware_bridge.device import Device, DeviceState
 
@@ -79,7 +80,8 @@ def _only(body: dict[str, Any], *known: str) -> None:
     unknown = sorted(set(body) - set(known))
     if unknown:
         allowed = ", ".join(known) or "none"
-        raise ControlRequestError(f"unknown field '{unknown[0]}' (known: {allowed})")
+        # The name is the requester's: escaped, so the error fits a header and a log line.
+        raise ControlRequestError(f"unknown field '{escape(unknown[0])}' (known: {allowed})")
 
 
 def endpoint(handler: Handler) -> Callable[[Any], Awaitable[None]]:

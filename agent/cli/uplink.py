@@ -32,7 +32,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 @click.group()
 def uplink() -> None:
-    """Manage the hub stream that devices forward their outbox into."""
+    """Manage the hub stream that devices forward into."""
 
 
 @uplink.command("init")
@@ -76,14 +76,16 @@ def uplink_init(
     print_command: bool,
     as_json: bool,
 ) -> None:
-    """Create (or update) the hub stream that captures lattice-edge.uplink.>.
+    """Create or update the hub stream that devices forward into.
+
+    The stream captures lattice-edge.uplink.> with a duplicate window that covers what a
+    device may resend after an outage.
 
     With no --hub, the fleet directory (--dir) says where the hub is and how to log in.
 
     \b
     Examples:
-      lattice-edge fleet uplink init --dir ./fleet
-      lattice-edge fleet uplink init --hub tls://connect.ngs.global --creds admin.creds
+      lattice-edge fleet uplink init --dir ./fleet --json
       lattice-edge fleet uplink init --hub nats://hub:4222 --print-command
 
     \b

@@ -65,14 +65,15 @@ async def deploy(
     check_name(name)
     try:
         admitted = admit_for_fleet(fleet, module)
-    except UntrustedIssuerError as exc:
-        # Admission's hint ("trust add") is for one device; a fleet trusts in fleet.toml.
-        raise UntrustedIssuerError(
-            f"the fleet's devices would refuse this module: its issuer {exc.issuer} is not "
-            f"one of the fleet's trusted issuers (fleet init --trust-issuer, in "
-            f"{fleet.path / 'fleet.toml'})"
-        ) from exc
     except ModuleError as exc:
+        if isinstance(exc, UntrustedIssuerError) and exc.issuer:
+            # Admission's hint ("trust add") is for one device; a fleet trusts in fleet.toml.
+            raise UntrustedIssuerError(
+                f"the fleet's devices would refuse this module: issuer {exc.issuer} is not in "
+                f"trusted_issuers of the fleet ({fleet.path / 'fleet.toml'}; 'fleet init "
+                "--trust-issuer' sets them)",
+                issuer=exc.issuer,
+            ) from exc
         refusal = type(exc)(f"the fleet's devices would refuse this module: {exc}")
         raise refusal from exc
     async with admin_client(fleet) as client:

@@ -278,7 +278,8 @@ def verify_claims(
         if not pinned:
             raise UntrustedIssuerError(
                 f"issuer {claims.issuer} is not in trusted_issuers; trust it with "
-                f"'lattice-edge trust add {claims.issuer}'"
+                f"'lattice-edge trust add {claims.issuer}'",
+                issuer=claims.issuer,
             )
         warnings.append(
             f"issuer {claims.issuer} is not trusted; admitted because the module's digest is pinned"

@@ -58,6 +58,7 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     "firmware list": ("an MCU in [[firmware.devices]]", "tests/integration/test_firmware_agent.py"),
     "firmware info": ("an MCU in [[firmware.devices]]", "tests/integration/test_firmware_agent.py"),
     "firmware update": ("an MCU and a signed image", "tests/integration/test_firmware_agent.py"),
+    "fleet uplink init": ("a hub's JetStream", "tests/integration/test_fleet_enroll.py"),
 }
 
 

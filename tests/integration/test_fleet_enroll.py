@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from cli_testing import assert_documented_keys
 from fleet_testing import (
     Fleet,
     FleetHub,
@@ -314,6 +315,7 @@ async def test_fleet_uplink_init_uses_the_fleet_directory(
     """``fleet uplink init --dir`` finds the hub and its credentials in the fleet directory."""
     fleet = await Fleet.create(fleet_hub, tmp_path / "fleet")
     made = json.loads(ok(run_cli("fleet", "uplink", "init", "--dir", str(fleet.path), "--json")))
+    assert_documented_keys(["fleet", "uplink", "init"], made)
     assert made["stream"] == "LATTICE_EDGE_UPLINK" and made["messages"] == 0
     assert made["subjects"] == ["lattice-edge.uplink.>"]
     async with connected(fleet_hub.client_url, fleet_hub.client_creds) as owner:
