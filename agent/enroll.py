@@ -187,20 +187,13 @@ def _merged_config_text(config_path: Path, reply: protocol.EnrollReply, creds_pa
 
 def _running_agent(config: Config) -> int | None:
     from agent.host import STATE_FILE
+    from agent.running import pid_alive
 
     try:
         pid = json.loads((config.run_dir / STATE_FILE).read_text()).get("pid")
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if isinstance(pid, int) and pid_alive(pid) else None
 
 
 def enroll(

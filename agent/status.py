@@ -5,7 +5,6 @@ endpoint and psutil, so it works from any shell on the device."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from agent.fleet_state import credentials_status
 from agent.host import STATE_FILE
 from agent.leaf.monitor import MonitorError, get_json
 from agent.resources import device_resources
+from agent.running import pid_alive
 
 __all__ = ["gather_status"]
 
@@ -24,18 +24,6 @@ def _read_state(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else (the service user)
-    return True
 
 
 async def _leaf_status(config: Config) -> dict[str, Any]:
@@ -119,7 +107,7 @@ async def gather_status(
     """Everything ``status`` shows, as a JSON-ready dict; ``timeout`` bounds each request
     to the agent."""
     state = _read_state(config.run_dir / STATE_FILE)
-    agent_up = state is not None and _alive(state.get("pid"))
+    agent_up = state is not None and pid_alive(state.get("pid"))
     leaf = await _leaf_status(config)
     leaf["binary"] = _binary(config, state if agent_up else None)
     configured = list(config.upstream.urls) if config.upstream else []
