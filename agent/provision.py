@@ -4,12 +4,18 @@ Idempotent: running it again with the same answers changes nothing; different an
 need ``--force``, which rewrites the config but never replaces existing keys (the host
 key is the device's identity on the lattice). Upstream credentials are validated and
 copied next to the keys with mode 0600, so the config never points into a home directory.
+
+Two rules serve the Debian package: its placeholder config (comments under
+:data:`PLACEHOLDER_MARKER`) counts as no config, and when root initialises a data
+directory that belongs to another user (the package's ``lattice-edge`` service user), what
+``init`` writes under ``keys/`` is handed to that user, so the service can read its keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +26,19 @@ from agent.identity.host import ensure_host_keys
 from agent.identity.jwt import format_creds, read_creds
 from agent.identity.tls import check_pem_certificate
 
-__all__ = ["InitRequest", "InitResult", "initialise", "render_config"]
+__all__ = [
+    "PLACEHOLDER_MARKER",
+    "InitRequest",
+    "InitResult",
+    "hand_over_keys",
+    "initialise",
+    "is_placeholder",
+    "render_config",
+]
 
 UPSTREAM_CREDS = "upstream.creds"
+# The first line of the config the Debian package installs (packaging/deb/agent.toml).
+PLACEHOLDER_MARKER = "# lattice-edge: placeholder installed by the package"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +125,8 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     creds_path = data_dir / "keys" / UPSTREAM_CREDS if creds else None
     text = render_config(request, creds_path)
 
-    existing = request.config_path.read_text() if request.config_path.exists() else None
+    previous = request.config_path.read_text() if request.config_path.exists() else None
+    existing = None if previous is None or is_placeholder(previous) else previous
     if existing is not None and existing != text and not force:
         raise ConfigError(
             f"{request.config_path} already exists with other settings; "
@@ -120,14 +137,15 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     try:
         config = load_config(request.config_path, env={})
     except ConfigError:
-        if existing is not None:
-            write_atomic(request.config_path, existing.encode())
+        if previous is not None:
+            write_atomic(request.config_path, previous.encode())
         else:
             request.config_path.unlink()
         raise
     if creds is not None and creds_path is not None:
         write_secret(creds_path, format_creds(creds.jwt, creds.seed).encode())
     keys, created = ensure_host_keys(config.keys_dir)
+    hand_over_keys(config.host.data_dir, config.keys_dir)
     if existing == text and not created:
         message = "already initialised"
     elif existing is None:
@@ -135,3 +153,35 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     else:
         message = "config rewritten"
     return InitResult(request.config_path, keys.host_id, message)
+
+
+def is_placeholder(text: str) -> bool:
+    """True for the package's stand-in config: the marker line, then only comments."""
+    lines = text.splitlines()
+    return (
+        bool(lines)
+        and lines[0].startswith(PLACEHOLDER_MARKER)
+        and all(not line.strip() or line.lstrip().startswith("#") for line in lines)
+    )
+
+
+def hand_over_keys(data_dir: Path, keys_dir: Path) -> None:
+    """As root, give root-owned files under ``keys_dir`` to the owner of ``data_dir``.
+
+    Does nothing unless running as root on a data directory someone else owns. Symlinks
+    are changed themselves, never followed.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = data_dir.stat()
+    except FileNotFoundError:
+        return
+    if owner.st_uid == 0 or not keys_dir.is_dir() or keys_dir.is_symlink():
+        return
+    paths = [keys_dir]
+    for root, dirs, files in os.walk(keys_dir):
+        paths += [Path(root, name) for name in (*dirs, *files)]
+    for path in paths:
+        if path.lstat().st_uid == 0:
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
