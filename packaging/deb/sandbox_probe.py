@@ -1,0 +1,171 @@
+"""What the agent may and may not do inside lattice-edge.service, seen from inside.
+
+test.sh runs this as an ``ExecStartPost=`` of the unit (same user, namespaces, seccomp
+filter and device policy as the agent) and reads the one JSON line it prints to the
+journal. Each check records what happened; ``violations`` lists every result that is not
+what the unit promises. It never fails the unit: the test decides.
+
+    python3 sandbox_probe.py [LEAF_PORT]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import json
+import mmap
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DATA_DIR = Path("/var/lib/lattice-edge")
+# Device nodes test.sh creates before the probe runs (no driver behind them, so an
+# allowed open fails with ENXIO, a denied one with EPERM or EACCES).
+SERIAL_NODES = ("/dev/ttyUSB0", "/dev/ttyACM0", "/dev/ttyAMA0")
+DENIED_NODE = "/dev/lattice-edge-probe-block"
+
+
+def outcome(action: Callable[[], object]) -> str:
+    """'ok' or the errno name the action failed with."""
+    try:
+        action()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+    return "ok"
+
+
+def write_to(directory: str) -> Callable[[], None]:
+    def action() -> None:
+        path = Path(directory, f".lattice-edge-probe-{os.getpid()}")
+        path.write_text("probe")
+        path.unlink()
+
+    return action
+
+
+def open_device(path: str) -> Callable[[], None]:
+    return lambda: os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+
+
+def make_socket(family: int, kind: int = socket.SOCK_STREAM) -> Callable[[], None]:
+    return lambda: socket.socket(family, kind).close()
+
+
+def connect_leaf(port: int) -> Callable[[], None]:
+    return lambda: socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def writable_executable_memory() -> None:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+
+
+def worker_like_child() -> None:
+    """What a sandbox worker's start does: fork/exec, RLIMIT_AS, PR_SET_PDEATHSIG."""
+    code = (
+        "import ctypes, resource, signal;"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        "assert ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def status_fields() -> dict[str, str]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("NoNewPrivs", "Seccomp", "CapEff", "CapBnd", "CapAmb"):
+            fields[key] = value.strip()
+    return fields
+
+
+def other_users_processes() -> int:
+    me = os.getuid()
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError):  # exited meanwhile
+                count += entry.stat().st_uid != me
+    return count
+
+
+def main(argv: list[str]) -> int:
+    leaf_port = int(argv[0]) if argv else 4222
+    dialout = grp.getgrnam("dialout").gr_gid
+    results: dict[str, object] = {
+        "uid_is_root": os.getuid() == 0,
+        "in_dialout": dialout in os.getgroups(),
+        "status": status_fields(),
+        "write_etc": outcome(write_to("/etc")),
+        "write_usr": outcome(write_to("/usr/lib/lattice-edge")),
+        "write_data_dir": outcome(write_to(str(DATA_DIR))),
+        "write_tmp": outcome(write_to("/tmp")),
+        "home_visible": Path("/home").exists() and any(Path("/home").iterdir()),
+        "root_home": outcome(lambda: os.listdir("/root")),
+        "serial": {node: outcome(open_device(node)) for node in SERIAL_NODES},
+        "block_device": outcome(open_device(DENIED_NODE)),
+        "inet": outcome(make_socket(socket.AF_INET)),
+        "inet6": outcome(make_socket(socket.AF_INET6)),
+        "unix": outcome(make_socket(socket.AF_UNIX)),
+        "netlink": outcome(make_socket(socket.AF_NETLINK, socket.SOCK_RAW)),
+        "packet": outcome(make_socket(socket.AF_PACKET, socket.SOCK_RAW)),
+        "connect_leaf": outcome(connect_leaf(leaf_port)),
+        "wx_memory": outcome(writable_executable_memory),
+        "worker_child": outcome(worker_like_child),
+        "lower_rlimit_as": outcome(
+            lambda: resource.setrlimit(resource.RLIMIT_AS, resource.getrlimit(resource.RLIMIT_AS))
+        ),
+        "chown": outcome(lambda: os.chown(DATA_DIR, -1, -1)),
+        "kill_pid_1": outcome(lambda: os.kill(1, 0)),
+        "other_users_processes": other_users_processes(),
+    }
+    expected: dict[str, object] = {
+        "uid_is_root": False,
+        "in_dialout": True,
+        "write_etc": "EROFS",
+        "write_usr": "EROFS",
+        "write_data_dir": "ok",
+        "write_tmp": "ok",
+        "home_visible": False,
+        "inet": "ok",
+        "inet6": "ok",
+        "unix": "ok",
+        "netlink": "EAFNOSUPPORT",
+        "packet": "EAFNOSUPPORT",
+        "connect_leaf": "ok",
+        "wx_memory": "EPERM",
+        "worker_child": "ok",
+        "lower_rlimit_as": "ok",
+        "chown": "EPERM",
+        "other_users_processes": 0,
+    }
+    violations = [
+        f"{key}: {results[key]!r}, expected {value!r}"
+        for key, value in expected.items()
+        if results[key] != value
+    ]
+    status = results["status"]
+    assert isinstance(status, dict)
+    if status.get("NoNewPrivs") != "1":
+        violations.append(f"NoNewPrivs is {status.get('NoNewPrivs')}")
+    if status.get("CapEff") != "0000000000000000" or status.get("CapBnd") != "0000000000000000":
+        violations.append(f"capabilities left: {status}")
+    if results["root_home"] not in ("EACCES", "ENOENT", "EPERM"):
+        violations.append(f"/root is readable: {results['root_home']}")
+    serial = results["serial"]
+    assert isinstance(serial, dict)
+    # ENXIO: the open got past permissions and the device policy; no driver is behind it.
+    violations += [f"serial {n}: {r}" for n, r in serial.items() if r not in ("ENXIO", "ok")]
+    results["violations"] = violations
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    print("lattice-edge-sandbox-probe: " + json.dumps(results, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
