@@ -98,6 +98,7 @@ cp -a $prefix "$stage/usr/lib/"
 ln -s ../lib/lattice-edge/bin/lattice-edge "$stage/usr/bin/lattice-edge"
 install -D -m 0644 "$deb/lattice-edge.service" "$stage/lib/systemd/system/lattice-edge.service"
 install -D -m 0644 "$deb/agent.toml" "$stage/etc/lattice-edge/agent.toml"
+install -D -m 0644 "$deb/modules-load.conf" "$stage/usr/lib/modules-load.d/lattice-edge.conf"
 install -D -m 0644 "$deb/lintian-overrides" "$stage/usr/share/lintian/overrides/lattice-edge"
 
 date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)

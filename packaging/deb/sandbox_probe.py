@@ -25,10 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 DATA_DIR = Path("/var/lib/lattice-edge")
-# Device nodes test.sh creates before the probe runs (no driver behind them, so an
-# allowed open fails with ENXIO, a denied one with EPERM or EACCES).
-SERIAL_NODES = ("/dev/ttyUSB0", "/dev/ttyACM0", "/dev/ttyAMA0")
-DENIED_NODE = "/dev/lattice-edge-probe-block"
+# Device nodes test.sh creates before the probe runs, all root:dialout 0660 but the
+# last two. An open that reaches the driver (ok, or ENXIO/ENODEV/EIO when no hardware is
+# behind the node) got past file permissions and the device policy; EPERM is the device
+# policy, EACCES the file permissions.
+SERIAL_NODES = {
+    "/dev/ttyUSB0": "ttyUSB",
+    "/dev/ttyACM0": "ttyACM",
+    "/dev/ttyAMA0": "ttyAMA",
+    "/dev/ttyS0": "ttyS",
+}
+REACHED = ("ok", "ENXIO", "ENODEV", "EIO")
+NOT_DIALOUT_NODE = "/dev/lattice-edge-probe-ttyS1"  # root:root 0660, a serial major
+CONSOLE_NODE = "/dev/lattice-edge-probe-tty1"  # root:tty 0620, major 4 like ttyS
+BLOCK_NODE = "/dev/lattice-edge-probe-block"  # mode 0666: only the device policy stops it
 
 
 def outcome(action: Callable[[], object]) -> str:
@@ -84,6 +94,16 @@ def status_fields() -> dict[str, str]:
     return fields
 
 
+def registered_char_majors() -> set[str]:
+    """Names of the character device drivers the kernel has registered."""
+    names: set[str] = set()
+    for line in Path("/proc/devices").read_text().split("Block devices:")[0].splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            names.add(parts[1])
+    return names
+
+
 def other_users_processes() -> int:
     me = os.getuid()
     count = 0
@@ -95,20 +115,38 @@ def other_users_processes() -> int:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        results = probe(argv)
+    except Exception as exc:  # the probe must never fail the unit; the test reads this
+        results = {"violations": [f"the probe itself failed: {exc!r}"]}
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    print("lattice-edge-sandbox-probe: " + json.dumps(results, sort_keys=True), flush=True)
+    return 0
+
+
+def probe(argv: list[str]) -> dict[str, object]:
     leaf_port = int(argv[0]) if argv else 4222
-    dialout = grp.getgrnam("dialout").gr_gid
+    registered = registered_char_majors()
     results: dict[str, object] = {
         "uid_is_root": os.getuid() == 0,
-        "in_dialout": dialout in os.getgroups(),
+        # PrivateUsers=yes maps every group but the service's own to 65534 in here, so
+        # dialout shows up as that; the serial opens below show it still counts.
+        "groups": sorted(os.getgroups()),
+        "dialout_gid": grp.getgrnam("dialout").gr_gid,
         "status": status_fields(),
         "write_etc": outcome(write_to("/etc")),
         "write_usr": outcome(write_to("/usr/lib/lattice-edge")),
         "write_data_dir": outcome(write_to(str(DATA_DIR))),
         "write_tmp": outcome(write_to("/tmp")),
-        "home_visible": Path("/home").exists() and any(Path("/home").iterdir()),
-        "root_home": outcome(lambda: os.listdir("/root")),
+        "list_home": outcome(lambda: os.listdir("/home")),
+        "list_root_home": outcome(lambda: os.listdir("/root")),
         "serial": {node: outcome(open_device(node)) for node in SERIAL_NODES},
-        "block_device": outcome(open_device(DENIED_NODE)),
+        "serial_driver_registered": sorted(d for d in SERIAL_NODES.values() if d in registered),
+        "serial_not_dialout": outcome(open_device(NOT_DIALOUT_NODE)),
+        "console": outcome(open_device(CONSOLE_NODE)),
+        "block_device": outcome(open_device(BLOCK_NODE)),
+        # systemd enforces DevicePolicy with a cgroup v2 BPF program.
+        "cgroup_v2": Path("/sys/fs/cgroup/cgroup.controllers").exists(),
         "inet": outcome(make_socket(socket.AF_INET)),
         "inet6": outcome(make_socket(socket.AF_INET6)),
         "unix": outcome(make_socket(socket.AF_UNIX)),
@@ -126,12 +164,12 @@ def main(argv: list[str]) -> int:
     }
     expected: dict[str, object] = {
         "uid_is_root": False,
-        "in_dialout": True,
+        "serial_not_dialout": "EACCES",
+        "console": "EACCES",
         "write_etc": "EROFS",
         "write_usr": "EROFS",
         "write_data_dir": "ok",
         "write_tmp": "ok",
-        "home_visible": False,
         "inet": "ok",
         "inet6": "ok",
         "unix": "ok",
@@ -155,16 +193,26 @@ def main(argv: list[str]) -> int:
         violations.append(f"NoNewPrivs is {status.get('NoNewPrivs')}")
     if status.get("CapEff") != "0000000000000000" or status.get("CapBnd") != "0000000000000000":
         violations.append(f"capabilities left: {status}")
-    if results["root_home"] not in ("EACCES", "ENOENT", "EPERM"):
-        violations.append(f"/root is readable: {results['root_home']}")
+    # ProtectHome=yes: /home and /root are empty and inaccessible.
+    for key in ("list_home", "list_root_home"):
+        if results[key] not in ("EACCES", "ENOENT", "EPERM"):
+            violations.append(f"{key}: {results[key]}")
     serial = results["serial"]
     assert isinstance(serial, dict)
-    # ENXIO: the open got past permissions and the device policy; no driver is behind it.
-    violations += [f"serial {n}: {r}" for n, r in serial.items() if r not in ("ENXIO", "ok")]
+    # A serial major the kernel has registered must be reachable; one it has not (its
+    # driver is not loaded here) cannot be in the device policy, so EPERM is right.
+    for node, driver in SERIAL_NODES.items():
+        wanted = REACHED if driver in registered else ("EPERM",)
+        if serial[node] not in wanted:
+            violations.append(
+                f"serial {node} ({driver} registered: {driver in registered}): {serial[node]}"
+            )
+    if results["cgroup_v2"] and results["block_device"] != "EPERM":
+        violations.append(f"block device opened: {results['block_device']} (DevicePolicy)")
+    if not any(driver in registered for driver in SERIAL_NODES.values()):
+        violations.append("no serial driver registered: nothing shows serial access")
     results["violations"] = violations
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    print("lattice-edge-sandbox-probe: " + json.dumps(results, sort_keys=True), flush=True)
-    return 0
+    return results
 
 
 if __name__ == "__main__":
