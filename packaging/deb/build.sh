@@ -96,8 +96,11 @@ trap 'rm -rf "$pkg"' EXIT
 root=$pkg/root
 cp -a "$work/out/root" "$root"
 mkdir -p "$root/DEBIAN"
+nats_from_debian=no
+[ "$arch" = armhf ] && nats_from_debian=yes
 for script in postinst prerm postrm; do
-    install -m 0755 "$here/maintscripts/$script" "$root/DEBIAN/$script"
+    sed "s/@NATS_FROM_DEBIAN@/$nats_from_debian/" "$here/maintscripts/$script" >"$root/DEBIAN/$script"
+    chmod 0755 "$root/DEBIAN/$script"
 done
 echo /etc/lattice-edge/agent.toml >"$root/DEBIAN/conffiles"
 

@@ -257,6 +257,17 @@ if [ "$boot" = yes ]; then
     wait_for 300 "the service started at boot and is active (running)" is_active
     check "systemctl status says active (running)" sh -c \
         "nsenter --target $leader --all -- systemctl status --no-pager lattice-edge 2>&1 | grep -q 'Active: active (running)'"
+    leaf=$(journal | sed -n 's/.*lattice_edge.leaf: nats-server \([0-9.]*\) ready.*/\1/p' | tail -1)
+    [ -n "$leaf" ] || { journal | tail -20 >&2; fail "no 'nats-server ... ready' in the journal"; }
+    ok "the agent supervises its own nats-server $leaf"
+    if [ "$(dpkg-deb -f "$deb" Depends | grep -c 'nats-server')" = 1 ]; then
+        [ "$leaf" = "$(ns dpkg-query -W -f '${Version}' nats-server | cut -d- -f1)" ] \
+            || fail "the leaf is not Debian's nats-server"
+        [ "$(ns systemctl is-enabled nats-server 2>/dev/null || true)" = disabled ] \
+            && [ "$(ns systemctl is-active nats-server 2>/dev/null || true)" = inactive ] \
+            || fail "Debian's standalone nats-server.service was left enabled"
+        ok "Debian's nats-server is the leaf; its standalone service is disabled"
+    fi
 
     # Serial nodes (root:dialout 0660), one serial node and one console the service's
     # groups do not open, and a block device only the device policy can refuse.
