@@ -170,7 +170,7 @@ start_container() {
     [ -n "$leader" ] || { cat "$root/boot.log" >&2; fail "the container did not start"; }
     state=$(timeout 600 nsenter --target "$leader" --all -- /usr/bin/env -i \
         PATH=/usr/bin:/bin systemctl is-system-running --wait 2>/dev/null || true)
-    ok "booted with systemd-nspawn -b (system state: $state)"
+    ok "booted with systemd-nspawn -b (system state: ${state:-unknown})"
 }
 
 stop_container() {
@@ -250,9 +250,20 @@ next_deb
 if [ "$boot" = yes ]; then
     # The probe runs as an extra ExecStartPost= in the unit's own sandbox.
     install -D -m 0644 "$here/sandbox_probe.py" "$root/usr/local/lib/lattice-edge-test/sandbox_probe.py"
-    mkdir -p "$root/etc/systemd/system/lattice-edge.service.d"
-    printf '[Service]\nExecStartPost=%s /usr/local/lib/lattice-edge-test/sandbox_probe.py\n' "$py" \
-        >"$root/etc/systemd/system/lattice-edge.service.d/50-sandbox-probe.conf"
+    dropins=$root/etc/systemd/system/lattice-edge.service.d
+    mkdir -p "$dropins"
+    probe_args=
+    if [ "$arch" != "$(host_arch)" ]; then
+        # qemu-user cannot set up an IPC or user namespace for a service (EIO, EINVAL at
+        # step NAMESPACE/USER), and does not apply seccomp filters. On real $arch hardware
+        # neither limit exists; here the unit runs without those two and the probe does
+        # not expect what only seccomp enforces. The score above is the shipped unit's.
+        printf '[Service]\nPrivateIPC=no\nPrivateUsers=no\n' >"$dropins/90-qemu-user.conf"
+        probe_args=" --emulated"
+        say "note: emulated $arch: PrivateIPC= and PrivateUsers= off and seccomp not enforced in the boot test (qemu-user limits)"
+    fi
+    printf '[Service]\nExecStartPost=%s /usr/local/lib/lattice-edge-test/sandbox_probe.py%s\n' \
+        "$py" "$probe_args" >"$dropins/50-sandbox-probe.conf"
     start_container
     wait_for 300 "the service started at boot and is active (running)" is_active
     check "systemctl status says active (running)" sh -c \
@@ -287,12 +298,16 @@ if [ "$boot" = yes ]; then
     echo "$probe"
     violations=$(echo "$probe" | ns $py -c 'import json, sys; print("\n".join(json.load(sys.stdin)["violations"]))')
     [ -z "$violations" ] || { echo "$violations" >&2; fail "the unit's sandbox is not what it promises"; }
-    ok "sandbox probe inside the unit: non-root, no capabilities, seccomp, read-only /etc and /usr, serial ports reachable through dialout, no W+X memory, workers can start"
+    if [ -n "$probe_args" ]; then
+        ok "sandbox probe inside the unit (emulated): non-root, no capabilities, read-only /etc and /usr, no homes, serial ports reachable through dialout, workers can start"
+    else
+        ok "sandbox probe inside the unit: non-root, no capabilities, seccomp, read-only /etc and /usr, no homes, serial ports reachable through dialout, no W+X memory, workers can start"
+    fi
     case $probe in
-        *'"cgroup_v2": false'*) say "note: cgroup v1 in this container: DevicePolicy= is not enforced, so not tested" ;;
-        *) ok "DevicePolicy=closed enforced: a 0666 block device is refused" ;;
+        *'"block_device": "EPERM"'*) ok "DevicePolicy=closed enforced: a 0666 block device is refused" ;;
+        *) say "note: DevicePolicy= is not enforced in this container (cgroup v1 or emulated), so not tested" ;;
     esac
-    rm -f "$root/etc/systemd/system/lattice-edge.service.d/50-sandbox-probe.conf"
+    rm -f "$dropins/50-sandbox-probe.conf"
     ns systemctl daemon-reload
     ns systemctl restart lattice-edge
     wait_for 300 "running the shipped unit alone again" is_active
