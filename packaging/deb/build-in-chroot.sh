@@ -13,8 +13,7 @@ prefix=/usr/lib/lattice-edge
 tools=/srv/lattice-edge-tools
 deb=$src/packaging/deb
 
-# No wheel cache: every build compiles with this build's flags.
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1 PIP_NO_CACHE_DIR=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1
 # The system's trust store (build.sh adds the host's local CAs), not pip's own copy.
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 # What we compile (pywasm3; on armhf also psutil, msgpack, cffi, PyNaCl) gets Debian's
@@ -25,9 +24,14 @@ CFLAGS="$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)"
 export CFLAGS="$CFLAGS -Wno-error=incompatible-pointer-types"
 LDFLAGS="$(dpkg-buildflags --get LDFLAGS)"
 export LDFLAGS
-# PyPI has no armv7l wheel of PyNaCl: build it against Debian's libsodium (security
-# updates then come from Debian) instead of compiling the bundled copy.
-[ "$ARCH" = armhf ] && export SODIUM_INSTALL=system
+# pip's cache of the wheels it compiles (PyNaCl with libsodium takes most of an hour under
+# qemu) lives in the chroot, one per set of flags, so a wheel is reused only when it would
+# be built the same way again.
+PIP_CACHE_DIR=/root/.cache/pip-$(printf '%s\n%s\n' "$CFLAGS" "$LDFLAGS" | md5sum | cut -c1-12)
+export PIP_CACHE_DIR
+# PyPI has no armv7l wheel of PyNaCl: it compiles from the sdist with the libsodium it
+# bundles, as the amd64 and arm64 wheels carry theirs. (Not Debian's libsodium23: it is
+# 1.0.18, and PyNaCl 1.6 needs symbols from 1.0.19 on, which the smoke test below catches.)
 
 step() { echo "build-in-chroot[$ARCH]: $*" >&2; }
 quiet() {

@@ -14,9 +14,9 @@ DEB_SECURITY_MIRROR=${LATTICE_EDGE_DEB_SECURITY_MIRROR:-http://deb.debian.org/de
 DEB_CACHE=${LATTICE_EDGE_DEB_CACHE:-/var/cache/lattice-edge-deb}
 
 # What the build chroot needs beyond minbase. pywasm3 and (on armhf) psutil, msgpack,
-# cffi and PyNaCl compile from source; PyNaCl links Debian's libsodium there.
+# cffi (against Debian's libffi) and PyNaCl (with its bundled libsodium) compile there.
 BUILD_PACKAGES="build-essential python3-dev python3-venv ca-certificates file"
-BUILD_PACKAGES_armhf="libffi-dev libsodium-dev"
+BUILD_PACKAGES_armhf="libffi-dev"
 # What the test chroot needs beyond minbase: an init to boot with systemd-nspawn.
 TEST_PACKAGES="systemd systemd-sysv"
 
