@@ -326,13 +326,13 @@ if [ "$boot" = yes ]; then
     case $reply in *deb-test*) ok "the demo actor runs in a sandbox worker under the unit: $reply" ;;
         *) fail "actor invoke answered '$reply'" ;; esac
     # The documented way to use the CLI without sudo: be in the group lattice-edge.
-    ns useradd --no-create-home --shell /bin/sh --groups lattice-edge operator
-    ns useradd --no-create-home --shell /bin/sh visitor
+    ns useradd --no-create-home --shell /bin/sh --groups lattice-edge edgeops
+    ns useradd --no-create-home --shell /bin/sh stranger
     as_user() { ns runuser -u "$1" -- lattice-edge status --config /etc/lattice-edge/agent.toml --json; }
-    as_user operator | ns $py -c 'import json, sys; assert json.load(sys.stdin)["agent"]["up"]' \
+    as_user edgeops | ns $py -c 'import json, sys; assert json.load(sys.stdin)["agent"]["up"]' \
         || fail "a member of the group lattice-edge cannot see the running agent"
     visitor=0
-    as_user visitor >/dev/null 2>&1 || visitor=$?
+    as_user stranger >/dev/null 2>&1 || visitor=$?
     [ "$visitor" = 3 ] || fail "a user outside the group got status exit $visitor, not 3 (agent hidden)"
     ok "lattice-edge status: a member of group lattice-edge sees the agent up; another user does not"
     sleep 35
