@@ -5,6 +5,9 @@ nats-server as an "orphan", fight over its ports and delete its run file on exit
 is an ``flock`` on ``<data_dir>/agent.lock`` holding the owner's pid: the kernel drops it
 when the process dies (``kill -9`` included), so a stale file never blocks a restart, and
 it is not inherited by nats-server or the sandbox workers (the descriptor is close-on-exec).
+
+It also holds :func:`hand_over`, which gives what root wrote in a service user's data
+directory (``sudo lattice-edge init`` or ``enroll`` on a packaged device) to that user.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from agent.errors import AgentRunningError, StateError
 from agent.fsutil import ensure_dir
 
-__all__ = ["LOCK_FILE", "DataDirLock"]
+__all__ = ["LOCK_FILE", "DataDirLock", "hand_over"]
 
 LOCK_FILE = "agent.lock"
 
@@ -74,3 +78,51 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def hand_over(data_dir: Path, *others: Path) -> None:
+    """As root, give root-owned entries under ``data_dir`` (and ``others``) to its owner.
+
+    Does nothing unless running as root on a data directory someone else owns. The
+    service user owns that tree and may be hostile to root, so the walk holds directory
+    descriptors opened with ``O_NOFOLLOW`` and changes entries relative to them: a
+    directory swapped for a symlink mid-walk fails to open instead of leading root's
+    ``chown`` to a file outside the tree.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(data_dir, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if owner.st_uid == 0 or not stat.S_ISDIR(owner.st_mode):
+        return
+    for root in (data_dir, *others):
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing, or not a directory of its own: nothing of ours to hand over
+        try:
+            _hand_over_dir(fd, owner.st_uid, owner.st_gid)
+        finally:
+            os.close(fd)
+
+
+def _hand_over_dir(fd: int, uid: int, gid: int) -> None:
+    if os.fstat(fd).st_uid == 0:
+        os.fchown(fd, uid, gid)
+    for name in os.listdir(fd):
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                child = os.open(
+                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError:
+                continue  # replaced meanwhile: not followed
+            try:
+                _hand_over_dir(child, uid, gid)
+            finally:
+                os.close(child)
+        elif info.st_uid == 0:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)

@@ -249,6 +249,9 @@ def enroll(
          "enrolled_at": now, "last_renew": None, "status": "active", "error": None},
     )  # fmt: skip
     (config.keys_dir / PENDING).unlink(missing_ok=True)
+    from agent.datadir import hand_over
+
+    hand_over(new_config.host.data_dir, new_config.keys_dir)
     pid = _running_agent(config)
     notice = None
     if pid is not None:

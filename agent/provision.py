@@ -4,6 +4,12 @@ Idempotent: running it again with the same answers changes nothing; different an
 need ``--force``, which rewrites the config but never replaces existing keys (the host
 key is the device's identity on the lattice). Upstream credentials are validated and
 copied next to the keys with mode 0600, so the config never points into a home directory.
+
+Two rules serve the Debian package: its placeholder config (comments under
+:data:`PLACEHOLDER_MARKER`) counts as no config, and when root initialises a data
+directory that belongs to another user (the package's ``lattice-edge`` service user), what
+``init`` writes there is handed to that user (:func:`agent.datadir.hand_over`), so the
+service can read its keys.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, HostPort, load_config, parse_config
+from agent.datadir import hand_over
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic, write_secret
 from agent.identity.host import ensure_host_keys
@@ -24,15 +31,19 @@ from agent.identity.local import ensure_agent_user
 from agent.identity.tls import check_pem_certificate
 
 __all__ = [
+    "PLACEHOLDER_MARKER",
     "InitRequest",
     "InitResult",
     "initialise",
+    "is_placeholder",
     "render_config",
     "render_table",
     "write_checked_config",
 ]
 
 UPSTREAM_CREDS = "upstream.creds"
+# The first line of the config the Debian package installs (packaging/deb/agent.toml).
+PLACEHOLDER_MARKER = "# lattice-edge: placeholder installed by the package"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +189,8 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     creds_path = data_dir / "keys" / UPSTREAM_CREDS if creds else None
     text = render_config(request, creds_path)
 
-    existing = request.config_path.read_text() if request.config_path.exists() else None
+    previous = request.config_path.read_text() if request.config_path.exists() else None
+    existing = None if previous is None or is_placeholder(previous) else previous
     if existing is not None and existing != text and not force:
         raise ConfigError(
             f"{request.config_path} already exists with other settings; "
@@ -189,8 +201,8 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     try:
         config = load_config(request.config_path, env={})
     except ConfigError:
-        if existing is not None:
-            write_atomic(request.config_path, existing.encode())
+        if previous is not None:
+            write_atomic(request.config_path, previous.encode())
         else:
             request.config_path.unlink()
         raise
@@ -198,6 +210,7 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
         write_secret(creds_path, format_creds(creds.jwt, creds.seed).encode())
     keys, created = ensure_host_keys(config.keys_dir)
     ensure_agent_user(config.host.data_dir)
+    hand_over(config.host.data_dir, config.keys_dir)
     if existing == text and not created:
         message = "already initialised"
     elif existing is None:
@@ -205,3 +218,13 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
     else:
         message = "config rewritten"
     return InitResult(request.config_path, keys.host_id, message)
+
+
+def is_placeholder(text: str) -> bool:
+    """True for the package's stand-in config: the marker line, then only comments."""
+    lines = text.splitlines()
+    return (
+        bool(lines)
+        and lines[0].startswith(PLACEHOLDER_MARKER)
+        and all(not line.strip() or line.lstrip().startswith("#") for line in lines)
+    )

@@ -1,8 +1,9 @@
 """The agent user: the nkey with which the agent and the CLI log in to the local leaf.
 
 Its seed lives in ``<data_dir>/local/agent-user.nk``. When the agent runs as the service
-group ``lattice-edge`` (the packaged unit) the file is 0640 in a 0750 directory, so the
-operators in that group can use the CLI; otherwise it is 0600, for the owner alone.
+group ``lattice-edge``, or the data directory belongs to that group (the packaged unit,
+and root's ``init`` there), the file is 0640 in a 0750 directory, so the operators in that
+group can use the CLI; otherwise it is 0600, for the owner alone.
 Anyone who can read it controls the host, which is why the anonymous local user is
 restricted (:mod:`agent.leaf.access`).
 """
@@ -35,12 +36,16 @@ def agent_user_path(data_dir: Path) -> Path:
     return data_dir / _SEED
 
 
-def _seed_mode() -> int:
+def _seed_mode(data_dir: Path) -> int:
     try:
         service_gid = grp.getgrnam(SERVICE_GROUP).gr_gid
     except KeyError:
         return 0o600
-    return 0o640 if os.getegid() == service_gid else 0o600
+    try:
+        data_gid = os.stat(data_dir).st_gid
+    except OSError:
+        data_gid = None
+    return 0o640 if service_gid in (os.getegid(), data_gid) else 0o600
 
 
 def ensure_agent_user(data_dir: Path) -> KeyPair:
@@ -50,7 +55,7 @@ def ensure_agent_user(data_dir: Path) -> KeyPair:
         return load_agent_user(data_dir)
     key = generate(KeyKind.USER)
     ensure_dir(path.parent, DIR_MODE)
-    write_atomic(path, (key.seed + "\n").encode(), mode=_seed_mode())
+    write_atomic(path, (key.seed + "\n").encode(), mode=_seed_mode(data_dir))
     return key
 
 
