@@ -89,6 +89,27 @@ def dir_option(command: Any) -> Any:
     )(command)
 
 
+def self_hosted_operator_options(account_jwt_help: str) -> Callable[[Any], Any]:
+    """``--operator-seed`` and ``--account-jwt``: for a hub whose operator is our own, the
+    seed that re-signs the account JWT file, and that file."""
+
+    def decorate(command: Any) -> Any:
+        command = click.option(
+            "--account-jwt",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help=f"Self-hosted operator: {account_jwt_help}.",
+        )(command)
+        return click.option(
+            "--operator-seed",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Self-hosted operator: its seed, to re-sign --account-jwt.",
+        )(command)
+
+    return decorate
+
+
 label_option = click.option(
     "--label", "labels", multiple=True, callback=key_values_option, help="KEY=VALUE; repeatable."
 )
@@ -232,18 +253,7 @@ def fleet() -> None:
 @click.option(
     "--js-domain", default=None, help="The hub's JetStream domain (default: asked from the hub)."
 )
-@click.option(
-    "--operator-seed",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: its seed, to re-sign --account-jwt.",
-)
-@click.option(
-    "--account-jwt",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: the account JWT file to rewrite with the keys.",
-)
+@self_hosted_operator_options("the account JWT file to rewrite with the keys")
 @json_option
 def fleet_init(
     fleet_dir: Path | None,

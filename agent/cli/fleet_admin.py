@@ -17,6 +17,7 @@ from agent.cli.fleet import (
     fleet_timeout,
     label_option,
     load_fleet_dir,
+    self_hosted_operator_options,
     show,
     show_labels,
     when,
@@ -180,18 +181,7 @@ def fleet_devices(fleet_dir: Path | None, timeout: float, as_json: bool) -> None
 @fleet.command("revoke")
 @dir_option
 @click.argument("host_key")
-@click.option(
-    "--operator-seed",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: its seed, to re-sign --account-jwt.",
-)
-@click.option(
-    "--account-jwt",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Self-hosted operator: the account JWT file to add the revocation to.",
-)
+@self_hosted_operator_options("the account JWT file to add the revocation to")
 @fleet_timeout
 @json_option
 def fleet_revoke(

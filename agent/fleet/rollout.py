@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.errors import CommandRefused, FleetStoreError, LatticeEdgeError
@@ -366,10 +366,7 @@ class Reconciler:
                 "stop",
                 attempts,
                 now,
-                [
-                    ("scale", {"actor_id": a.actor_id, "actor_ref": a.image_ref, "count": 0})
-                    for a in stale
-                ],
+                _stop_commands(stale),
             )
             return
         annotations = {ANNOTATION: deployment.name, VERSION_ANNOTATION: str(deployment.version)}
@@ -423,10 +420,7 @@ class Reconciler:
                 "stop-old",
                 attempts,
                 now,
-                [
-                    ("scale", {"actor_id": a.actor_id, "actor_ref": a.image_ref, "count": 0})
-                    for a in stale
-                ],
+                _stop_commands(stale),
             )
 
     # --- writing status and sending commands -----------------------------------------------
@@ -536,3 +530,10 @@ class Reconciler:
         if await self.records.release_slot(deployment, host_id):
             for waiting in self._waiting.pop(deployment.name, set()):
                 self.mark(waiting)
+
+
+def _stop_commands(stale: Iterable[ActorSeen]) -> list[tuple[str, dict[str, Any]]]:
+    """``scale`` to zero for each actor the deployment no longer wants on a host."""
+    return [
+        ("scale", {"actor_id": a.actor_id, "actor_ref": a.image_ref, "count": 0}) for a in stale
+    ]
