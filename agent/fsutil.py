@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ __all__ = [
     "SECRET_DIR_MODE",
     "SECRET_MODE",
     "ensure_dir",
+    "rewrite_atomic",
     "write_atomic",
     "write_secret",
 ]
@@ -75,6 +77,18 @@ def write_atomic(
             os.unlink(tmp_name)
         raise
     _fsync_directory(path.parent)
+
+
+def rewrite_atomic(path: Path, data: bytes) -> None:
+    """Like :func:`write_atomic`, but an existing file keeps its mode and (as root) its
+    owner: a config edited by ``sudo lattice-edge …`` stays readable by the service."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        write_atomic(path, data)
+        return
+    owner = (info.st_uid, info.st_gid) if os.geteuid() == 0 else None
+    write_atomic(path, data, mode=stat.S_IMODE(info.st_mode), owner=owner)
 
 
 def write_secret(path: Path, data: bytes) -> None:

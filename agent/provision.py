@@ -24,7 +24,7 @@ from typing import Any
 from agent.config import Config, HostPort, load_config, parse_config
 from agent.datadir import hand_over
 from agent.errors import ConfigError
-from agent.fsutil import write_atomic, write_secret
+from agent.fsutil import rewrite_atomic, write_secret
 from agent.identity.host import ensure_host_keys
 from agent.identity.jwt import format_creds, read_creds
 from agent.identity.local import ensure_agent_user
@@ -159,12 +159,12 @@ def write_checked_config(path: Path, text: str) -> Config:
     restore the previous file if the written one does not load."""
     check_config_text(path, text)
     existing = path.read_bytes() if path.exists() else None
-    write_atomic(path, text.encode())
+    rewrite_atomic(path, text.encode())
     try:
         return load_config(path, env={})
     except ConfigError:
         if existing is not None:
-            write_atomic(path, existing)
+            rewrite_atomic(path, existing)
         else:
             path.unlink()
         raise
@@ -197,12 +197,12 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
             "pass --force to overwrite it (keys are kept)"
         )
     # Validate what we are about to write with the same loader 'run' uses.
-    write_atomic(request.config_path, text.encode())
+    rewrite_atomic(request.config_path, text.encode())
     try:
         config = load_config(request.config_path, env={})
     except ConfigError:
         if previous is not None:
-            write_atomic(request.config_path, previous.encode())
+            rewrite_atomic(request.config_path, previous.encode())
         else:
             request.config_path.unlink()
         raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from agent.config import ENV_PREFIX, Config, parse_config
 from agent.errors import ConfigError
-from agent.fsutil import write_atomic
+from agent.fsutil import rewrite_atomic
 from agent.identity.keys import KeyKind, is_public_key
 
 __all__ = ["TRUST_KEYS", "TrustEdit", "edit_trust", "trust_key_for", "trust_lists"]
@@ -138,9 +137,7 @@ def edit_trust(
 def _replace(path: Path, text: str) -> None:
     """Write the edit atomically, keeping the file's mode and (as root) its owner."""
     try:
-        info = path.stat()
-        owner = (info.st_uid, info.st_gid) if os.geteuid() == 0 else None
-        write_atomic(path, text.encode("utf-8"), mode=stat.S_IMODE(info.st_mode), owner=owner)
+        rewrite_atomic(path, text.encode("utf-8"))
     except OSError as exc:
         raise ConfigError(
             f"cannot write: {exc.strerror or exc} (nothing was changed)", source=path

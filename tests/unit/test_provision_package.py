@@ -118,3 +118,16 @@ def test_hand_over_does_not_walk_into_a_symlinked_directory(tmp_path: Path) -> N
     assert (elsewhere / "shadow").stat().st_uid == 0
     assert elsewhere.stat().st_uid == 0
     assert (data / "local").lstat().st_uid == SERVICE_UID
+
+
+def test_init_keeps_the_packaged_configs_mode_and_owner(tmp_path: Path) -> None:
+    config = install_placeholder(tmp_path)
+    config.chmod(0o644)  # as the package installs it, so the service user can read it
+    if os.geteuid() == 0:
+        os.chown(config, 0, SERVICE_UID)
+    before = config.stat()
+    initialise(request(tmp_path, name="greenhouse-7"))
+    after = config.stat()
+    assert 'name = "greenhouse-7"' in config.read_text()
+    assert after.st_mode & 0o777 == 0o644
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
