@@ -124,5 +124,7 @@ def _hand_over_dir(fd: int, uid: int, gid: int) -> None:
                 _hand_over_dir(child, uid, gid)
             finally:
                 os.close(child)
-        elif info.st_uid == 0:
+        elif info.st_uid == 0 and info.st_nlink == 1:
+            # A second hard link could be one to a file of root's elsewhere (where the
+            # kernel's protected_hardlinks is off); nothing init writes has one.
             os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)

@@ -131,3 +131,15 @@ def test_init_keeps_the_packaged_configs_mode_and_owner(tmp_path: Path) -> None:
     assert 'name = "greenhouse-7"' in config.read_text()
     assert after.st_mode & 0o777 == 0o644
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing file owners needs root (CI is root)")
+def test_hand_over_leaves_hard_links_alone(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    roots = tmp_path / "roots-file"
+    roots.write_text("root's")
+    os.link(roots, data / "linked")
+    os.chown(data, SERVICE_UID, SERVICE_UID)
+    hand_over(data)
+    assert roots.stat().st_uid == 0
