@@ -245,7 +245,7 @@ def test_trust_edit_keeps_the_files_owner_and_says_when_it_cannot_write(
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("agent.trustedit.write_atomic", refuse)
+    monkeypatch.setattr("agent.trustedit.rewrite_atomic", refuse)
     with pytest.raises(ConfigError, match="cannot write: Permission denied"):
         edit_trust(path, add=[generate(KeyKind.ACCOUNT).public_key], env={})
     assert path.read_text() == before
