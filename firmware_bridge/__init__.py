@@ -45,9 +45,10 @@ def require(part: str = "bridge") -> None:
 
     missing = [name for name in _NEEDS[part] if importlib.util.find_spec(name) is None]
     if missing:
+        extra = "firmware" if part == "bridge" else part
         raise ConfigError(
-            f"the firmware {part} needs the 'firmware' extra ({', '.join(missing)} missing): "
-            "pip install 'lattice-edge[firmware]'",
+            f"the firmware {part} needs the '{extra}' extra ({', '.join(missing)} missing): "
+            f"pip install 'lattice-edge[{extra}]'",
             key="firmware.devices" if part == "bridge" else None,
         )
 

@@ -55,7 +55,9 @@ $tools/bin/python "$deb/check_dist.py" "$src" "$out/dist"
 step "venv in $prefix"
 rm -rf $prefix
 python3 -m venv $prefix
-quiet pip $prefix/bin/pip install "$out/dist/lattice_edge-$VERSION-py3-none-any.whl"
+# With the firmware bridge's libraries (pyserial, cbor2, imgtool): the unit reaches serial
+# ports for it, and the agent imports them only when [[firmware.devices]] is configured.
+quiet pip $prefix/bin/pip install "$out/dist/lattice_edge-$VERSION-py3-none-any.whl[firmware]"
 quiet pip-uninstall $prefix/bin/python -m pip uninstall -y pip setuptools
 # bin/ keeps the interpreter links, the console script and nats-server (cffi's code
 # generator, the activate scripts and the empty include/ are for developers).
@@ -94,6 +96,8 @@ for so in sorted(site.rglob("*.so")):
     importlib.import_module(module)
 '
 if [ -x $prefix/bin/nats-server ]; then $prefix/bin/nats-server --version; fi
+$prefix/bin/python -c 'import firmware_bridge; firmware_bridge.require("bridge")'
+
 find $prefix -depth -name __pycache__ -exec rm -rf {} +
 
 step "file tree"

@@ -325,6 +325,14 @@ if [ "$boot" = yes ]; then
     reply=$(lattice actor invoke "$actor_key" Greet deb-test 2>&1) || fail "actor invoke: $reply"
     case $reply in *deb-test*) ok "the demo actor runs in a sandbox worker under the unit: $reply" ;;
         *) fail "actor invoke answered '$reply'" ;; esac
+    # The firmware bridge's libraries (pyserial, cbor2, imgtool) load inside the sandbox
+    # (seccomp, no W+X memory): a UDP device with no MCU behind it is listed by the bridge.
+    ns sh -c 'printf "\n[[firmware.devices]]\nname = \"probe-mcu\"\ntransport = \"udp\"\naddress = \"127.0.0.1:1337\"\n" >>/etc/lattice-edge/agent.toml'
+    ns systemctl restart lattice-edge
+    wait_for 300 "restarted with a firmware device configured" is_active
+    wait_for 60 "the firmware bridge runs under the unit and lists its device" \
+        sh -c "nsenter --target $leader --all -- lattice-edge firmware list --json | grep -q '\"probe-mcu\"'"
+    wait_for 60 "the demo actor is back after the restart" actor_running "$actor_key"
     # The documented way to use the CLI without sudo: be in the group lattice-edge.
     ns useradd --no-create-home --shell /bin/sh --groups lattice-edge edgeops
     ns useradd --no-create-home --shell /bin/sh stranger
