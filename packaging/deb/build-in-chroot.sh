@@ -63,7 +63,7 @@ quiet pip-uninstall $prefix/bin/python -m pip uninstall -y pip setuptools
 # generator, the activate scripts and the empty include/ are for developers).
 for entry in $prefix/bin/*; do
     case ${entry##*/} in python | python3 | python3.* | lattice-edge | nats-server) ;;
-        *) rm -f "$entry" ;;
+        *) rm -rf "$entry" ;;
     esac
 done
 rm -rf $prefix/include
