@@ -57,7 +57,10 @@ rm -rf $prefix
 python3 -m venv $prefix
 # With the firmware bridge's libraries (pyserial, cbor2, imgtool): the unit reaches serial
 # ports for it, and the agent imports them only when [[firmware.devices]] is configured.
-quiet pip $prefix/bin/pip install "$out/dist/lattice_edge-$VERSION-py3-none-any.whl[firmware]"
+# PyYAML (imgtool's, for a command the bridge never runs) is installed pure-Python: its
+# wheels link a static libyaml, which Debian does not want embedded (lintian: embedded-library).
+quiet pip env PIP_NO_BINARY=pyyaml PYYAML_FORCE_LIBYAML=0 \
+    $prefix/bin/pip install "$out/dist/lattice_edge-$VERSION-py3-none-any.whl[firmware]"
 quiet pip-uninstall $prefix/bin/python -m pip uninstall -y pip setuptools
 # bin/ keeps the interpreter links, the console script and nats-server (cffi's code
 # generator, the activate scripts and the empty include/ are for developers).
