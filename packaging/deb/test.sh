@@ -330,8 +330,10 @@ if [ "$boot" = yes ]; then
     ns sh -c 'printf "\n[[firmware.devices]]\nname = \"probe-mcu\"\ntransport = \"udp\"\naddress = \"127.0.0.1:1337\"\n" >>/etc/lattice-edge/agent.toml'
     ns systemctl restart lattice-edge
     wait_for 300 "restarted with a firmware device configured" is_active
-    wait_for 60 "the firmware bridge runs under the unit and lists its device" \
-        sh -c "nsenter --target $leader --all -- lattice-edge firmware list --json | grep -q '\"probe-mcu\"'"
+    firmware_listed() { lattice firmware list --json >"$root/firmware.json" 2>&1 && grep -q '"probe-mcu"' "$root/firmware.json"; }
+    firmware_listed || sleep 5
+    firmware_listed || { cat "$root/firmware.json" >&2; journal | tail -30 >&2; fail "the firmware bridge does not list its device"; }
+    ok "the firmware bridge runs under the unit and lists its device"
     wait_for 60 "the demo actor is back after the restart" actor_running "$actor_key"
     # The documented way to use the CLI without sudo: be in the group lattice-edge.
     ns useradd --no-create-home --shell /bin/sh --groups lattice-edge edgeops
