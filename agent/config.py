@@ -774,7 +774,8 @@ def _check_mqtt(leaf: LeafSettings, lf: _Reader) -> None:
 # --- environment overrides -------------------------------------------------------------
 
 # Variables that configure the tooling around the agent, not a config key; the test
-# suite's own variables start with LATTICE_EDGE_TEST_.
+# suite's own variables start with LATTICE_EDGE_TEST_, the Debian packaging scripts'
+# with LATTICE_EDGE_DEB_ (they run the agent inside their chroots).
 _NOT_KEYS = {"CONFIG", "FIXTURES", "REQUIRE_FIXTURES", "DEBUG", "FLEET_DIR"}
 _SECTIONS = (
     "host", "leaf", "upstream", "trust", "actors", "budgets", "log", "firmware", "forward"
@@ -793,7 +794,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, tuple[s
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name.removeprefix(ENV_PREFIX)
-        if rest in _NOT_KEYS or rest.startswith("TEST_"):
+        if rest in _NOT_KEYS or rest.startswith(("TEST_", "DEB_")):
             continue
         section = next((s for s in _SECTIONS if rest.startswith(s.upper() + "_")), None)
         if section is None:

@@ -8,7 +8,7 @@
 # the Debian mirror and PyPI. Then checks the package with lintian. Default: the host's
 # architecture, into ./dist. Exit status 77: this machine cannot run that architecture.
 # Environment: LATTICE_EDGE_DEB_CACHE (chroot cache), LATTICE_EDGE_DEB_MIRROR,
-# LATTICE_EDGE_PIP_INDEX_URL, DEBFULLNAME/DEBEMAIL (Maintainer), SOURCE_DATE_EPOCH.
+# LATTICE_EDGE_DEB_PIP_INDEX_URL, DEBFULLNAME/DEBEMAIL (Maintainer), SOURCE_DATE_EPOCH.
 set -eu
 PROG=build.sh
 here=$(cd "$(dirname "$0")" && pwd)

@@ -1,10 +1,10 @@
 #!/bin/sh
 # What .ci/run runs for the Debian package: build the amd64 .deb (build.sh runs lintian
-# on it) and test it (test.sh); then each architecture in LATTICE_EDGE_CI_DEB_ARCHES
+# on it) and test it (test.sh); then each architecture in LATTICE_EDGE_DEB_CI_ARCHES
 # (default "arm64") under qemu-user, skipping, and saying so, any this machine cannot run.
 # From a clean machine arm64 adds about 24 minutes (its chroots are made under qemu) and
 # armhf about 43 (PyNaCl compiles and tests its libsodium under qemu), so armhf is left
-# to the by-hand runs unless asked for: LATTICE_EDGE_CI_DEB_ARCHES="arm64 armhf".
+# to the by-hand runs unless asked for: LATTICE_EDGE_DEB_CI_ARCHES="arm64 armhf".
 # The chroots are cached in /var/cache/lattice-edge-deb between steps and runs.
 set -eu
 PROG=ci.sh
@@ -14,7 +14,7 @@ repo=$(cd "$here/../.." && pwd)
 
 out=$repo/dist/deb
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/agent/__init__.py")
-foreign=${LATTICE_EDGE_CI_DEB_ARCHES-arm64}
+foreign=${LATTICE_EDGE_DEB_CI_ARCHES-arm64}
 
 package() {
     started=$(date +%s)
@@ -33,6 +33,6 @@ for arch in arm64 armhf; do
                 say "SKIPPED the $arch package: this machine cannot run $arch binaries (binfmt_misc or a qemu-user handler with the F flag is unavailable)"
             fi
             ;;
-        *) say "not building the $arch package in CI (LATTICE_EDGE_CI_DEB_ARCHES='$foreign'); docs/packaging.md has the by-hand run" ;;
+        *) say "not building the $arch package in CI (LATTICE_EDGE_DEB_CI_ARCHES='$foreign'); docs/packaging.md has the by-hand run" ;;
     esac
 done

@@ -150,7 +150,7 @@ in_chroot() {
             HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive \
             ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
             ${no_proxy:+no_proxy=$no_proxy} \
-            ${LATTICE_EDGE_PIP_INDEX_URL:+PIP_INDEX_URL=$LATTICE_EDGE_PIP_INDEX_URL} \
+            ${LATTICE_EDGE_DEB_PIP_INDEX_URL:+PIP_INDEX_URL=$LATTICE_EDGE_DEB_PIP_INDEX_URL} \
             "$@"' sh "$_ic_root" "$@"
 }
 

@@ -125,6 +125,9 @@ def test_env_overrides_win_and_are_typed(tmp_path: Path) -> None:
             "LATTICE_EDGE_LEAF_JETSTREAM": "false",
             "LATTICE_EDGE_UPSTREAM_URLS": "nats-leaf://a:7422,nats-leaf://b:7422",
             "LATTICE_EDGE_CONFIG": "ignored-here",
+            # The tooling's own variables are not config keys.
+            "LATTICE_EDGE_TEST_ANYTHING": "x",
+            "LATTICE_EDGE_DEB_CI_ARCHES": "arm64 armhf",
             "UNRELATED": "x",
         },
     )
