@@ -45,6 +45,7 @@ Conventions that hold for every command:
 - **Exit status**: 0 done, 1 failed (or `actor verify`: rejected), 2 usage error,
   3 `status` found the agent not running, 130 interrupted.
 - **Shell completion**: `lattice-edge completion bash|zsh|fish` (the .deb installs it).
+- **Help**: `-h` or `--help` on every command.
 """
 
 
@@ -97,8 +98,11 @@ def _section(root: click.Command, path: tuple[str, ...], command: click.Command)
     out += _body(command)
     pieces = " ".join(command.collect_usage_pieces(ctx))
     out += ["```text", f"{name} {pieces}".rstrip(), "```", ""]
+    # -h/--help is said once, above. (Click caches a command's help option from the first
+    # context that asks for it, so listing it here would depend on who asked first.)
+    help_names = {"-h", "--help"}
     records = [p.get_help_record(ctx) for p in command.get_params(ctx)
-               if isinstance(p, click.Option)]  # fmt: skip
+               if isinstance(p, click.Option) and not set(p.opts) <= help_names]  # fmt: skip
     options = [r for r in records if r is not None]
     if options:
         out += ["| option | meaning |", "|---|---|"]

@@ -100,7 +100,7 @@ def _commands(
         command = group.get_command(ctx, name)
         if command is None or command.hidden:
             continue
-        sub_ctx = click.Context(command, info_name=name, parent=ctx)
+        sub_ctx = click.Context(command, info_name=name, parent=ctx, **command.context_settings)
         yield (*path, name), command, sub_ctx
         if isinstance(command, click.Group):
             yield from _commands(command, sub_ctx, (*path, name))
@@ -132,7 +132,7 @@ def _definitions(items: list[tuple[str, str]]) -> list[str]:
 
 def render(cli: click.Group, version: str, date: str) -> str:
     """The whole page as roff text."""
-    root = click.Context(cli, info_name=NAME)
+    root = click.Context(cli, info_name=NAME, **cli.context_settings)  # -h as well as --help
     summary = (cli.help or "").strip().splitlines()[0]
     _, _, description = summary.partition(": ")
     lines = [

@@ -52,7 +52,7 @@ def command_paths(
 def test_man_page_has_every_command_and_option() -> None:
     page = load("manpage").render(cli, __version__, "2025-01-01")
     assert page.startswith('.TH LATTICE\\-EDGE 1 "2025-01-01"')
-    root = click.Context(cli, info_name="lattice-edge")
+    root = click.Context(cli, info_name="lattice-edge", **cli.context_settings)
     paths = list(command_paths(cli, root))
     assert len(paths) > 10
     for path, command in paths:
