@@ -281,8 +281,11 @@ class Forwarder:
             on_refused=self._refused,
         )
         self._pipeline = pipeline
-        self.state = ForwardState.FORWARDING
-        self.reason = None
+        # With the uplink down a session is a probe that ends in "no responders" within
+        # milliseconds; saying 'forwarding' meanwhile would put it in a heartbeat. Such a
+        # session says so once it forwards something (_forwarded).
+        if self._watch.connected:
+            self._forwarding()
         try:
             await pipeline.run()
         finally:
@@ -316,7 +319,13 @@ class Forwarder:
         if lost:
             self._dropped(lost, "budget")
 
+    def _forwarding(self) -> None:
+        self.state = ForwardState.FORWARDING
+        self.reason = None
+
     def _forwarded(self, seq: int) -> None:
+        if self.state is not ForwardState.FORWARDING:
+            self._forwarding()
         self._count_drops(self.ledger.settle_forwarded(seq))
         self._last_forwarded_at = time.time()
         self._activity.set()
