@@ -80,14 +80,16 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def hand_over(data_dir: Path, *others: Path) -> None:
-    """As root, give root-owned entries under ``data_dir`` (and ``others``) to its owner.
+def hand_over(data_dir: Path, *paths: Path) -> None:
+    """As root, give the root-owned ``paths`` (a directory with all it holds) to the owner
+    of ``data_dir``: the files ``init`` or ``enroll`` just wrote, not the whole tree (which
+    holds the leaf's JetStream store).
 
     Does nothing unless running as root on a data directory someone else owns. The
-    service user owns that tree and may be hostile to root, so the walk holds directory
-    descriptors opened with ``O_NOFOLLOW`` and changes entries relative to them: a
-    directory swapped for a symlink mid-walk fails to open instead of leading root's
-    ``chown`` to a file outside the tree.
+    service user owns that tree and may be hostile to root, so each path is opened with
+    ``O_NOFOLLOW`` from its parent and the walk changes entries relative to directory
+    descriptors: a directory swapped for a symlink fails to open instead of leading
+    root's ``chown`` to a file outside the tree.
     """
     if os.geteuid() != 0:
         return
@@ -97,34 +99,41 @@ def hand_over(data_dir: Path, *others: Path) -> None:
         return
     if owner.st_uid == 0 or not stat.S_ISDIR(owner.st_mode):
         return
-    for root in (data_dir, *others):
+    for path in paths:
         try:
-            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            continue  # missing, or not a directory of its own: nothing of ours to hand over
+            continue  # nothing there: nothing to hand over
         try:
-            _hand_over_dir(fd, owner.st_uid, owner.st_gid)
+            _hand_over_entry(parent, path.name, owner.st_uid, owner.st_gid)
+        finally:
+            os.close(parent)
+
+
+def _hand_over_entry(parent: int, name: str, uid: int, gid: int) -> None:
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
+            )
+        except OSError:
+            return  # replaced meanwhile: not followed
+        try:
+            _hand_over_dir(fd, uid, gid)
         finally:
             os.close(fd)
+    elif info.st_uid == 0 and info.st_nlink == 1:
+        # A second hard link could be one to a file of root's elsewhere (where the
+        # kernel's protected_hardlinks is off); nothing init writes has one.
+        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
 
 
 def _hand_over_dir(fd: int, uid: int, gid: int) -> None:
     if os.fstat(fd).st_uid == 0:
         os.fchown(fd, uid, gid)
     for name in os.listdir(fd):
-        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if stat.S_ISDIR(info.st_mode):
-            try:
-                child = os.open(
-                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
-            except OSError:
-                continue  # replaced meanwhile: not followed
-            try:
-                _hand_over_dir(child, uid, gid)
-            finally:
-                os.close(child)
-        elif info.st_uid == 0 and info.st_nlink == 1:
-            # A second hard link could be one to a file of root's elsewhere (where the
-            # kernel's protected_hardlinks is off); nothing init writes has one.
-            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        _hand_over_entry(fd, name, uid, gid)

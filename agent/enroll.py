@@ -33,7 +33,7 @@ from agent.config import Config, load_config, locate_config
 from agent.errors import ConfigError, CredsError, FleetRequestError, IdentityError, JWTError
 from agent.fleet import protocol, subjects
 from agent.fleet.tokens import parse_token
-from agent.fleet_state import write_fleet_state
+from agent.fleet_state import FLEET_STATE, write_fleet_state
 from agent.fsutil import write_secret
 from agent.identity import jwt
 from agent.identity.host import load_host_keys
@@ -251,7 +251,7 @@ def enroll(
     (config.keys_dir / PENDING).unlink(missing_ok=True)
     from agent.datadir import hand_over
 
-    hand_over(new_config.host.data_dir, new_config.keys_dir)
+    hand_over(new_config.host.data_dir, new_config.keys_dir, new_config.host.data_dir / FLEET_STATE)
     pid = _running_agent(config)
     notice = None
     if pid is not None:

@@ -27,7 +27,7 @@ from agent.errors import ConfigError
 from agent.fsutil import rewrite_atomic, write_secret
 from agent.identity.host import ensure_host_keys
 from agent.identity.jwt import format_creds, read_creds
-from agent.identity.local import ensure_agent_user
+from agent.identity.local import agent_user_path, ensure_agent_user
 from agent.identity.tls import check_pem_certificate
 
 __all__ = [
@@ -210,7 +210,7 @@ def initialise(request: InitRequest, *, force: bool = False) -> InitResult:
         write_secret(creds_path, format_creds(creds.jwt, creds.seed).encode())
     keys, created = ensure_host_keys(config.keys_dir)
     ensure_agent_user(config.host.data_dir)
-    hand_over(config.host.data_dir, config.keys_dir)
+    hand_over(config.host.data_dir, config.keys_dir, agent_user_path(config.host.data_dir).parent)
     if existing == text and not created:
         message = "already initialised"
     elif existing is None:

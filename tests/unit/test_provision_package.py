@@ -141,5 +141,5 @@ def test_hand_over_leaves_hard_links_alone(tmp_path: Path) -> None:
     roots.write_text("root's")
     os.link(roots, data / "linked")
     os.chown(data, SERVICE_UID, SERVICE_UID)
-    hand_over(data)
+    hand_over(data, data / "linked", data)
     assert roots.stat().st_uid == 0
